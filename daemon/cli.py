@@ -1,0 +1,260 @@
+"""The `qa-daemon` command line: a thin layer over `model/`, `daemon/` and `reports/`.
+
+Library errors (`QAError`) become one line on stderr and exit code 2 here, at
+the edge, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from model.errors import QAError
+
+app = typer.Typer(
+    help="Drywall QA by prompted segmentation: crack and taping-area masks from site photos.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class NotAvailable(QAError):
+    """A command whose issue has not landed yet."""
+
+
+def _not_yet(command: str, issue: int, what: str) -> None:
+    raise NotAvailable(f"`qa-daemon {command}` is not available yet: {what} arrives with issue #{issue}")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", envvar="QA_DAEMON_CONFIG", show_envvar=True,
+        help="Config file to use.", dir_okay=False)] = DEFAULT_CONFIG,
+) -> None:
+    ctx.obj = {"config_path": config}
+
+
+def _config(ctx: typer.Context) -> Config:
+    """The validated config, loaded once per command."""
+    if "config" not in ctx.obj:
+        ctx.obj["config"] = load_config(ctx.obj["config_path"])
+    return ctx.obj["config"]
+
+
+class TaskName(StrEnum):
+    crack = "crack"
+    taping = "taping"
+
+
+class GroupBy(StrEnum):
+    day = "day"
+    week = "week"
+    month = "month"
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def prep(
+    ctx: typer.Context,
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", metavar="[NAME=]DIR",
+        help="Export folder replacing a configured dataset's root; matched by NAME=, by folder "
+             "name, or by order. Repeat for each dataset.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Prepared folder [config prep.out].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Prepare the labeled datasets: {0,255} masks per image and task, and a leakage-free manifest.csv.
+
+    Every augmented copy of a photo (Roboflow's `<stem>.rf.<hash>.jpg`) lands in one split.
+    Bad files are reported and skipped. Re-running only redoes what changed.
+
+    Example: qa-daemon prep --data ../shared/datasets/cracks.v1i.voc --out /tmp/prep
+    """
+    from model.prep import MANIFEST, PROBLEMS, Source, SplitPolicy, prepare
+
+    config = _config(ctx)
+    roots = _dataset_roots(config, data or [])
+    sources = [Source(d.name, config.require(f"datasets[{i}].root", roots[d.name]) if not data
+                      else _must_exist(roots[d.name]), d.task, tuple(d.classes), d.format)
+               for i, d in enumerate(config.datasets)]
+    if not sources:
+        raise ConfigError(f"{config.source}: datasets: no dataset configured; add one (see README)")
+    target = out_dir or config.prep.out
+    policy = SplitPolicy(config.prep.seed, config.prep.valid_fraction, config.prep.max_shared_fraction)
+    result = prepare(sources, target, config.prompts.canonical, policy, progress=not quiet)
+
+    table = Table(title=f"Prepared {len(result.rows)} image masks in {target}")
+    for col in ("task", "split", "images", "stems", "objects", "mean mask area"):
+        table.add_column(col, justify="left" if col in ("task", "split") else "right")
+    for s in result.summary():
+        table.add_row(s["task"], s["split"], str(s["images"]), str(s["stems"]), str(s["objects"]),
+                      f"{s['mean_mask_area']:.2%}")
+    out.print(table)
+    for m in result.moves:
+        out.print(f"moved {m.files} files ({m.stems} stems) of {m.dataset} from {m.source_split} "
+                  f"to {m.split}: {m.reason}")
+    if result.problems:
+        for p in result.problems[:20]:
+            err.print(f"[yellow]warning[/]: {p}", highlight=False, markup=True)
+        more = len(result.problems) - 20
+        err.print(f"{len(result.problems)} problems{f' ({more} not shown)' if more > 0 else ''}; "
+                  f"all listed in {target / PROBLEMS}")
+    out.print(f"manifest: {target / MANIFEST} ({result.decoded} images decoded this run)")
+
+
+def _dataset_roots(config: Config, data: list[str]) -> dict[str, Path]:
+    """Each configured dataset's root, with `--data` overrides applied."""
+    roots = {d.name: d.root for d in config.datasets}
+    by_folder = {d.root.name: d.name for d in config.datasets}
+    positional = [x for x in data if "=" not in x]
+    for item in data:
+        name, _, folder = item.rpartition("=") if "=" in item else ("", "", item)
+        path = Path(folder)
+        name = name or by_folder.get(path.name) or (
+            config.datasets[positional.index(item)].name if len(positional) == len(config.datasets) else "")
+        if name not in roots:
+            example = next(iter(roots), "cracks")
+            raise ConfigError(f"--data {item}: cannot tell which dataset this is (configured: "
+                              f"{', '.join(roots)}); write NAME=DIR, e.g. --data {example}={folder}")
+        roots[name] = path
+    return roots
+
+
+def _must_exist(path: Path) -> Path:
+    if not path.is_dir():
+        raise ConfigError(f"--data {path}: folder not found; check the path")
+    return path
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    prepared: Annotated[Path | None, typer.Option(help="Prepared folder from `prep` [config prep.out].")] = None,
+    backend: Annotated[str | None, typer.Option(help="compact or clipseg [config model.backend].")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [config train.out].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [config train.epochs].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [config model.device].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")] = None,
+) -> None:
+    """Fine-tune a segmentation model on prepared data; keeps the best checkpoint by validation mIoU.
+
+    Example: qa-daemon train --backend compact --epochs 10 --out runs/compact
+    """
+    _not_yet("train", 3, "training")
+
+
+@app.command("eval")
+def evaluate(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="Flat folder of .jpg + .xml, or an export root.")],
+    task: Annotated[TaskName, typer.Option(help="Which task the labels are.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder [config model.checkpoint].")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of an export root.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a checkpoint per prompt: mIoU, Dice, pooled IoU, milliseconds per image.
+
+    Example: qa-daemon eval --data data/cracks.v1i.voc --task crack --split valid --json
+    """
+    _not_yet("eval", 3, "evaluation")
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where masks are written.")],
+    prompt: Annotated[list[str] | None, typer.Option(help="Prompt(s) [both canonical prompts].")] = None,
+    overlay: Annotated[bool, typer.Option(help="Also write overlay JPEGs.")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder [config model.checkpoint].")] = None,
+) -> None:
+    """Write `{image_id}__{prompt}.png` masks ({0,255}, the source's size) for each image.
+
+    Example: qa-daemon predict site/IMG_0001.jpg --out out/ --overlay
+    """
+    _not_yet("predict", 3, "mask export")
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Run the daemon: watch the incoming folders, segment every new photo, store results, report.
+
+    Example: qa-daemon run --config config.yaml
+    """
+    _not_yet("run", 5, "the watch-folder daemon")
+
+
+@app.command()
+def retrain(ctx: typer.Context) -> None:
+    """Retrain from the active model with newly labeled data; promote only if not worse.
+
+    Example: qa-daemon retrain
+    """
+    _not_yet("retrain", 6, "retraining")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    date: Annotated[str | None, typer.Option(help="Day to report, YYYY-MM-DD [today].")] = None,
+    site: Annotated[str | None, typer.Option(help="Only this site.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder [config schedule.reports_dir].")] = None,
+    self_contained: Annotated[bool, typer.Option(help="Inline thumbnails so the file can be mailed.")] = False,
+) -> None:
+    """Render the HTML QA report for a day.
+
+    Example: qa-daemon report --date 2026-11-24 --site tower-a --self-contained
+    """
+    _not_yet("report", 6, "HTML reports")
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    site: Annotated[str | None, typer.Option(help="Only this site.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this day, YYYY-MM-DD.")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this day, YYYY-MM-DD.")] = None,
+    group_by: Annotated[GroupBy, typer.Option(help="Row per day, week or month.")] = GroupBy.day,
+    prompt: Annotated[str | None, typer.Option(help="Only this prompt.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Trend rows from the results store: photos, share with defects, crack length, severity.
+
+    Example: qa-daemon history --site tower-a --group-by week --format csv
+    """
+    _not_yet("history", 6, "trend history")
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Show the daemon's queue, recent failures and the active model.
+
+    Example: qa-daemon status
+    """
+    _not_yet("status", 5, "daemon status")
+
+
+def main() -> None:
+    """Entry point of the `qa-daemon` script."""
+    try:
+        app()  # usage errors are click's: one message, exit code 2
+    except QAError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)

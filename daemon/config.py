@@ -1,0 +1,226 @@
+"""The one typed config, validated once at start-up from `config.yaml` and passed explicitly.
+
+    config = load_config(Path("config.yaml"))
+
+Unknown keys, wrong types and out-of-range values are refused with one message
+that names the file and the key. Relative paths are resolved against the
+config file's folder, so the daemon behaves the same from any working directory.
+Which paths must exist depends on the command, so commands check the ones they
+use with `Config.require(...)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model.errors import QAError
+
+Task = Literal["crack", "taping"]
+TASKS: tuple[Task, ...] = ("crack", "taping")
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+class ConfigError(QAError):
+    """The config file is missing, malformed, or names something that does not exist."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(Section):
+    name: str = Field(description="Short unique name; masks are written under it.")
+    root: Path = Field(description="Export root holding train/ valid/ test/ (or one flat folder).")
+    task: Task = Field(description="What the classes below are: crack or taping.")
+    classes: list[str] = Field(min_length=1, description="Class names in the labels that mean this task.")
+    format: Literal["auto", "voc", "yolo", "coco"] = "auto"
+
+
+class TaskPrompts(Section):
+    canonical: str = Field(min_length=1, description="The prompt results are stored under.")
+    synonyms: list[str] = Field(default_factory=list, description="Other phrasings trained and accepted.")
+
+    @property
+    def all(self) -> list[str]:
+        return [self.canonical, *[s for s in self.synonyms if s != self.canonical]]
+
+
+class PromptsConfig(Section):
+    crack: TaskPrompts = TaskPrompts(canonical="segment crack", synonyms=["segment wall crack"])
+    taping: TaskPrompts = TaskPrompts(
+        canonical="segment taping area", synonyms=["segment joint/tape", "segment drywall seam"])
+
+    def for_task(self, task: Task) -> TaskPrompts:
+        return getattr(self, task)
+
+    @property
+    def canonical(self) -> dict[str, str]:
+        return {t: self.for_task(t).canonical for t in TASKS}
+
+
+class PrepConfig(Section):
+    out: Path = Field(Path("data/prepared"), description="Where prepared masks and manifest.csv go.")
+    seed: int = Field(0, description="Seed of the stem re-split (same seed, same split).")
+    valid_fraction: float = Field(0.2, gt=0, lt=1, description="Share of stems held out when re-splitting.")
+    max_shared_fraction: float = Field(
+        0.1, ge=0, le=1, description="Re-split a source when more of its valid stems than this are in train.")
+
+
+class ModelConfig(Section):
+    checkpoint: Path = Field(Path("model/weights/default"), description="Active checkpoint folder.")
+    backend: Literal["compact", "clipseg"] = Field("compact", description="Backend `train` builds.")
+    base: str = Field("CIDAS/clipseg-rd64-refined", description="CLIPSeg base: hub id or local folder.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses the GPU when present.")
+    input_size: int = Field(640, ge=32, le=4096, description="Side the model sees (pixels).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Images per inference batch.")
+
+
+class TrainConfig(Section):
+    out: Path = Field(Path("runs/train"), description="Where checkpoints of a training run go.")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    crop_size: int = Field(384, ge=32, description="Training crop side; inference runs at full size.")
+    seed: int = 0
+    num_workers: int = Field(2, ge=0)
+    eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+
+
+class WatchConfig(Section):
+    roots: list[Path] = Field(default_factory=lambda: [Path("incoming")], description="Folders watched.")
+    polling: bool = Field(False, description="Poll instead of OS events (network shares, containers).")
+    poll_interval_s: float = Field(5.0, gt=0)
+    settle_s: float = Field(2.0, ge=0, description="Size and mtime must hold still this long.")
+    rescan_interval_s: float = Field(300.0, gt=0, description="Full rescan period (missed events).")
+    layout: str = Field("{site}/{location}", description="Folder levels under a root that name site/location.")
+    max_attempts: int = Field(3, ge=1, description="Failures before a photo is quarantined.")
+
+
+class StoreConfig(Section):
+    url: str = Field("sqlite:///qa-daemon.sqlite3", description="SQLAlchemy URL of the results store.")
+
+
+class OutputsConfig(Section):
+    dir: Path = Field(Path("outputs"), description="Masks and overlays, by site and date.")
+    overlay: bool = True
+    archive: Path | None = Field(None, description="Move processed photos here; null leaves them in place.")
+    quarantine: Path = Field(Path("quarantine"), description="Photos that failed max_attempts times.")
+
+
+class ScheduleConfig(Section):
+    timezone: str = Field("local", description="IANA zone for cron times, or local.")
+    daily_report: str | None = Field("18:00", description="HH:MM; null disables.")
+    weekly_summary: str | None = Field("mon 08:00", description="'dow HH:MM'; null disables.")
+    retrain_check_hours: float | None = Field(24.0, gt=0)
+    retention_days: int | None = Field(90, ge=1, description="Delete overlays and masks older than this.")
+    retention_max_gb: float | None = Field(None, gt=0, description="Disk budget for outputs.")
+    reports_dir: Path = Field(Path("reports/out"), description="Where HTML reports are written.")
+
+
+class RetrainConfig(Section):
+    inbox: Path = Field(Path("data/inbox"), description="Drop VOC exports of newly labeled photos here.")
+    min_new_images: int = Field(50, ge=1)
+    auto: bool = Field(False, description="Start `qa-daemon retrain` by itself when enough arrived.")
+    max_regression: float = Field(0.02, ge=0, le=1, description="Largest mIoU drop a candidate may show.")
+
+
+class Config(Section):
+    """The whole of config.yaml."""
+
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    prompts: PromptsConfig = PromptsConfig()
+    prep: PrepConfig = PrepConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    watch: WatchConfig = WatchConfig()
+    store: StoreConfig = StoreConfig()
+    outputs: OutputsConfig = OutputsConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    source: Path = Field(Path("config.yaml"), exclude=True, description="The file this was read from.")
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_names(cls, v: list[DatasetConfig]) -> list[DatasetConfig]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_prompts(self) -> Config:
+        seen: dict[str, str] = {}
+        for task in TASKS:
+            for p in self.prompts.for_task(task).all:
+                if seen.get(p, task) != task:
+                    raise ValueError(f"prompt {p!r} is listed for both {seen[p]} and {task}")
+                seen[p] = task
+        return self
+
+    def task_of_prompt(self, prompt: str) -> Task | None:
+        """The task a prompt (canonical or synonym) belongs to, or None for a free prompt."""
+        return next((t for t in TASKS if prompt in self.prompts.for_task(t).all), None)
+
+    def require(self, key: str, path: Path) -> Path:
+        """`path` when it exists; else a ConfigError naming the key and this file."""
+        if not path.exists():
+            raise ConfigError(f"{self.source}: {key}: {path} does not exist; "
+                              "create it, fix the path, or override it on the command line")
+        return path
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate `path`; every problem becomes one ConfigError naming the file and key."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass --config or set QA_DAEMON_CONFIG") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (datasets:, model:, ...)")
+    if "source" in raw:
+        raise ConfigError(f"{path}: source: unknown key; remove it")
+    try:
+        config = Config.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        msg = "unknown key; remove it or check its spelling" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{path}: {key}: {msg}{more}") from None
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Make every relative path relative to the config file's folder."""
+
+    def fix(model: BaseModel) -> BaseModel:
+        updates = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, Path) and name != "source":
+                updates[name] = value if value.is_absolute() else base / value
+            elif isinstance(value, BaseModel):
+                updates[name] = fix(value)
+            elif isinstance(value, list) and value and isinstance(value[0], Path):
+                updates[name] = [v if v.is_absolute() else base / v for v in value]
+            elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                updates[name] = [fix(v) for v in value]
+        return model.model_copy(update=updates)
+
+    config = fix(config)
+    url = config.store.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        config = config.model_copy(update={"store": StoreConfig(url=f"sqlite:///{base / url[10:]}")})
+    return config

@@ -1,0 +1,104 @@
+"""Shared fixtures: a small copy of the real datasets, a config writer, and the CLI runner."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+CRACKS = SHARED / "cracks.v1i.voc"
+DRYWALL = SHARED / "Drywall-Join-Detect.v1i.voc"
+CRACK_CLASS = "NewCracks - v2 2024-05-18 10-54pm"
+
+
+def need_shared() -> None:
+    if not CRACKS.is_dir() or not DRYWALL.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED} (they sit beside the repo in CI only)")
+
+
+def copy_pairs(src_split: Path, dst_split: Path, stems: list[str], per_stem: int = 2) -> list[Path]:
+    """Copy up to `per_stem` jpg+xml pairs of each stem; returns the copied images."""
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for jpg in sorted(src_split.glob("*.jpg")):
+        by_stem[jpg.name.split(".rf.")[0]].append(jpg)
+    dst_split.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for stem in stems:
+        for jpg in by_stem[stem][:per_stem]:
+            shutil.copy(jpg, dst_split / jpg.name)
+            shutil.copy(jpg.with_suffix(".xml"), dst_split / jpg.with_suffix(".xml").name)
+            copied.append(dst_split / jpg.name)
+    return copied
+
+
+def stems_of(split: Path) -> list[str]:
+    return sorted({p.name.split(".rf.")[0] for p in split.glob("*.jpg")})
+
+
+@pytest.fixture
+def small_exports(tmp_path: Path) -> dict[str, Path]:
+    """Two tiny exports in Roboflow's VOC layout, made of real files.
+
+    Cracks: 3 train stems (2 copies each), 2 valid stems. Drywall: 3 stems whose
+    copies sit in both train and valid (the real dataset's leak) plus one train-only stem.
+    """
+    need_shared()
+    cracks, drywall = tmp_path / "cracks.v1i.voc", tmp_path / "Drywall-Join-Detect.v1i.voc"
+    copy_pairs(CRACKS / "train", cracks / "train", stems_of(CRACKS / "train")[:3])
+    valid_only = [s for s in stems_of(CRACKS / "valid") if s not in set(stems_of(CRACKS / "train"))]
+    copy_pairs(CRACKS / "valid", cracks / "valid", valid_only[:2], per_stem=1)
+    shared = sorted(set(stems_of(DRYWALL / "train")) & set(stems_of(DRYWALL / "valid")))
+    train_only = sorted(set(stems_of(DRYWALL / "train")) - set(stems_of(DRYWALL / "valid")))
+    copy_pairs(DRYWALL / "train", drywall / "train", shared[:3] + train_only[:1])
+    copy_pairs(DRYWALL / "valid", drywall / "valid", shared[:3], per_stem=1)
+    return {"cracks": cracks, "drywall": drywall}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a config.yaml (the shipped one, with overrides) and return its path."""
+
+    def write(overrides: dict | None = None, name: str = "config.yaml") -> Path:
+        config = yaml.safe_load((REPO / "config.yaml").read_text())
+        for key, value in (overrides or {}).items():
+            config[key] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `qa-daemon ARGS...` through its real entry point, in-process; returns a CliResult."""
+    from daemon.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps at the terminal width; keep messages on one line
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["qa-daemon", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
