@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from daemon.config import DEFAULT_CONFIG, TASKS, Config, ConfigError, load_config
 from model.errors import QAError
 
 app = typer.Typer(
@@ -149,15 +149,47 @@ def train(
     backend: Annotated[str | None, typer.Option(help="compact or clipseg [config model.backend].")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [config train.out].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs [config train.epochs].")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch [one pass over train].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step [config train.batch_size].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate [config train.lr].")] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Training crop side [config train.crop_size].")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Model input side [config model.input_size].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [config model.device].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights.")] = None,
+    tune_last_layers: Annotated[int, typer.Option(help="clipseg: also train the last N CLIP layers.")] = 0,
+    max_val_images: Annotated[int | None, typer.Option(help="Validate on at most N images per task.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs [config train.eval_every].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a segmentation model on prepared data; keeps the best checkpoint by validation mIoU.
 
+    Prompts are drawn from each task's canonical prompt and synonyms; both tasks are sampled equally.
+    Writes OUT/best (the checkpoint to use), OUT/last (for --resume) and OUT/log.csv.
+
     Example: qa-daemon train --backend compact --epochs 10 --out runs/compact
     """
-    _not_yet("train", 3, "training")
+    from model.train import TrainSettings
+    from model.train import train as run_training
+
+    config = _config(ctx)
+    t = config.train
+    backend = backend or config.model.backend
+    model_settings: dict = {"input_size": input_size or (config.model.input_size if backend == "compact" else 352)}
+    if backend == "clipseg":
+        model_settings.update(base=config.model.base, tune_last_layers=tune_last_layers)
+    settings = TrainSettings(
+        prepared=config.require("prep.out", prepared or config.prep.out), out=out_dir or t.out,
+        prompts={task: config.prompts.for_task(task).all for task in TASKS}, backend=backend, model=model_settings,
+        init=init, resume=resume, epochs=epochs or t.epochs, steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size or t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
+        crop_size=crop_size or t.crop_size, seed=t.seed, device=device or config.model.device,
+        num_workers=t.num_workers, eval_every=eval_every or t.eval_every, max_val_images=max_val_images,
+        command="qa-daemon " + " ".join(sys.argv[1:]), progress=not quiet)
+    if resume and not (settings.out / "last" / "state.json").is_file():
+        raise ConfigError(f"--resume: {settings.out / 'last'} holds no run to continue; drop --resume or fix --out")
+    best = run_training(settings)
+    out.print(f"best checkpoint: {best}")
 
 
 @app.command("eval")
@@ -166,14 +198,51 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Flat folder of .jpg + .xml, or an export root.")],
     task: Annotated[TaskName, typer.Option(help="Which task the labels are.")],
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder [config model.checkpoint].")] = None,
-    split: Annotated[str | None, typer.Option(help="Only this split of an export root.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of an export root (train, valid, test).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="Prompt(s) to score [task's prompts].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [config model.device].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score a checkpoint per prompt: mIoU, Dice, pooled IoU, milliseconds per image.
 
+    mIoU is the mean of per-image IoU (an image where ground truth and prediction are both empty
+    scores 1); pooled IoU counts all pixels of all images together. Masks use the checkpoint's
+    per-task threshold.
+
     Example: qa-daemon eval --data data/cracks.v1i.voc --task crack --split valid --json
     """
-    _not_yet("eval", 3, "evaluation")
+    import json
+
+    from model.evaluate import evaluate as run_eval
+    from model.evaluate import labeled_samples, samples_from_labels
+    from model.segmenter import load_checkpoint
+
+    config = _config(ctx)
+    ckpt = checkpoint or config.model.checkpoint
+    classes = tuple(c for d in config.datasets if d.task == task.value for c in d.classes)
+    if not classes:
+        raise ConfigError(f"{config.source}: datasets: no dataset of task {task.value} names its classes")
+    images, objects, problems = labeled_samples(_must_exist(data), task.value, classes, split)
+    if not images:
+        where = f" in split {split!r}" if split else ""
+        raise ConfigError(f"--data {data}: no labeled images of {task.value}{where}; check the folder and --split")
+    prompts = prompt or config.prompts.for_task(task.value).all
+    model, _ = load_checkpoint(ckpt, device or config.model.device)
+    results, _ = run_eval(model, samples_from_labels(images, objects), prompts, [task.value] * len(prompts),
+                          batch_size=config.model.batch_size, total=len(images), progress=not as_json)
+    for p in problems[:20]:
+        err.print(f"warning: {p}", highlight=False, markup=False)
+    if as_json:
+        print(json.dumps({"checkpoint": str(ckpt), "data": str(data), "split": split,
+                          "results": [r.as_dict() for r in results]}))
+        return
+    table = Table(title=f"{ckpt} on {data}{f' ({split})' if split else ''}")
+    for col in ("prompt", "images", "mIoU", "Dice", "pooled IoU", "threshold", "ms/image"):
+        table.add_column(col, justify="left" if col == "prompt" else "right")
+    for r in results:
+        table.add_row(r.prompt, str(r.images), f"{r.miou:.3f}", f"{r.dice:.3f}", f"{r.pooled_iou:.3f}",
+                      f"{r.threshold:.2f}", f"{r.ms_per_image:.0f}")
+    out.print(table)
 
 
 @app.command()
@@ -182,14 +251,36 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where masks are written.")],
     prompt: Annotated[list[str] | None, typer.Option(help="Prompt(s) [both canonical prompts].")] = None,
-    overlay: Annotated[bool, typer.Option(help="Also write overlay JPEGs.")] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write `{image_id}__overlay.jpg`.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder [config model.checkpoint].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [config model.device].")] = None,
 ) -> None:
     """Write `{image_id}__{prompt}.png` masks ({0,255}, the source's size) for each image.
 
+    The prompt's spaces become underscores: IMG_0001__segment_crack.png. Each image is encoded
+    once for all prompts. Unreadable files are reported and skipped.
+
     Example: qa-daemon predict site/IMG_0001.jpg --out out/ --overlay
     """
-    _not_yet("predict", 3, "mask export")
+    from rich.progress import track
+
+    from model.masks import export_masks, find_images
+    from model.segmenter import load_checkpoint
+
+    config = _config(ctx)
+    images, problems = find_images(paths)
+    prompts = prompt or list(config.prompts.canonical.values())
+    model, _ = load_checkpoint(checkpoint or config.model.checkpoint, device or config.model.device)
+    written = 0
+    for _ in track(export_masks(model, images, out_dir, prompts, overlay, config.model.batch_size, problems),
+                   description="predicting", total=len(images), console=err):
+        written += 1
+    for p in problems:
+        err.print(f"warning: {p}", highlight=False, markup=False)
+    out.print(f"{written} images, {written * len(prompts)} masks written to {out_dir}"
+              + (f"; {len(problems)} skipped" if problems else ""))
+    if not written and problems:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Benchmarks: run on the machine to be measured, results written down in bench/README.md."""

@@ -1,0 +1,137 @@
+"""Scoring masks against ground truth: per-image IoU (mIoU), Dice, pooled IoU, and threshold choice.
+
+    acc = Accumulator()
+    acc.add(prob_map, gt_mask)               # any number of images
+    acc.scores(0.5)                          # {"miou": ..., "dice": ..., "pooled_iou": ..., "images": ...}
+    acc.best_threshold()                     # the grid threshold with the highest mIoU
+
+An image where ground truth and prediction are both empty scores IoU 1 and Dice 1:
+nothing was there and nothing was found.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import track
+
+from model.data import read_rgb
+from model.labels import rasterize
+from model.prep import Source, read_source
+from model.segmenter import Segmenter
+
+GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
+
+
+class Accumulator:
+    """Per-image and pooled overlap counts at every threshold of a grid."""
+
+    def __init__(self, grid: tuple[float, ...] = GRID):
+        self.grid = np.asarray(grid, np.float32)
+        self.inter: list[np.ndarray] = []  # per image, per threshold
+        self.pred: list[np.ndarray] = []
+        self.gt: list[int] = []
+
+    def add(self, prob: np.ndarray, gt: np.ndarray) -> None:
+        if prob.shape != gt.shape:
+            raise ValueError(f"prediction {prob.shape} and ground truth {gt.shape} differ in size")
+        # one pass: a histogram of probabilities inside and outside the ground truth
+        bins = np.searchsorted(self.grid, prob.ravel(), side="right")  # pixel > grid[k] for k < bin
+        inside = np.bincount(bins[gt.ravel()], minlength=len(self.grid) + 1)
+        everywhere = np.bincount(bins, minlength=len(self.grid) + 1)
+        above = lambda h: h[::-1].cumsum()[::-1][1:]  # noqa: E731 - pixels with prob > grid[k]
+        self.inter.append(above(inside))
+        self.pred.append(above(everywhere))
+        self.gt.append(int(gt.sum()))
+
+    def __len__(self) -> int:
+        return len(self.gt)
+
+    def scores(self, threshold: float) -> dict[str, float]:
+        """mIoU, Dice and pooled IoU at the grid threshold nearest `threshold`."""
+        if not self.gt:
+            return {"images": 0, "miou": float("nan"), "dice": float("nan"), "pooled_iou": float("nan")}
+        k = int(np.abs(self.grid - threshold).argmin())
+        inter = np.array([i[k] for i in self.inter], np.float64)
+        pred = np.array([p[k] for p in self.pred], np.float64)
+        gt = np.array(self.gt, np.float64)
+        union = pred + gt - inter
+        empty = union == 0
+        iou = np.where(empty, 1.0, inter / np.maximum(union, 1))
+        dice = np.where(empty, 1.0, 2 * inter / np.maximum(pred + gt, 1))
+        pooled = inter.sum() / max(union.sum(), 1)
+        return {"images": len(gt), "miou": float(iou.mean()), "dice": float(dice.mean()), "pooled_iou": float(pooled)}
+
+    def best_threshold(self) -> float:
+        """The grid threshold with the highest mIoU (ties: the one nearest 0.5)."""
+        best = max(self.grid, key=lambda t: (round(self.scores(float(t))["miou"], 6), -abs(float(t) - 0.5)))
+        return round(float(best), 2)
+
+
+@dataclass
+class PromptResult:
+    task: str
+    prompt: str
+    images: int
+    miou: float
+    dice: float
+    pooled_iou: float
+    ms_per_image: float  # the model's time per image for all prompts of the run (one shared image encoding)
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def labeled_samples(data: Path, task: str, classes: tuple[str, ...],
+                    split: str | None = None) -> tuple[list[Path], list, list[str]]:
+    """The images of a labeled folder (flat or an export root) and their objects for `task`; and problems."""
+    images, problems = read_source(Source("eval", data, task, classes))
+    if split is not None:
+        images = [im for im in images if im.source_split == split]
+    return [im.image for im in images], [im.objects for im in images], [str(p) for p in problems]
+
+
+def evaluate(model: Segmenter, samples: Iterable[tuple[np.ndarray, np.ndarray]], prompts: list[str],
+             tasks: list[str], batch_size: int = 4, total: int | None = None,
+             progress: bool = False) -> tuple[list[PromptResult], dict[str, Accumulator]]:
+    """Score `model` on (RGB image, bool ground truth) pairs under each prompt (each of its task)."""
+    accs = {p: Accumulator() for p in prompts}
+    seconds, n = 0.0, 0
+    for batch in _batches(track(samples, "evaluating", total=total, disable=not progress), batch_size):
+        images = [im for im, _ in batch]
+        start = time.perf_counter()
+        probs = model.predict(images, prompts)
+        seconds += time.perf_counter() - start
+        n += len(batch)
+        for (_, gt), prob in zip(batch, probs, strict=True):
+            for p, acc in accs.items():
+                acc.add(prob[prompts.index(p)], gt)
+    ms = 1000 * seconds / max(n, 1)
+    results = []
+    for p, task in zip(prompts, tasks, strict=True):
+        t = model.threshold(p)
+        s = accs[p].scores(t)
+        results.append(PromptResult(task, p, s["images"], s["miou"], s["dice"], s["pooled_iou"], ms, t))
+    return results, accs
+
+
+def samples_from_labels(images: list[Path], objects: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for path, objs in zip(images, objects, strict=True):
+        rgb = read_rgb(path)
+        yield rgb, rasterize(objs, rgb.shape[1], rgb.shape[0]) > 0
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
