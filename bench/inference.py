@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compact-size", type=int, default=640, help="input side of the compact model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,7 +63,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         base = write_random_base(Path(tmp) / "rd64", "rd64")
-        variants = [("compact", {"input_size": 640}), ("clipseg", {"base": str(base), "input_size": 352})]
+        variants = [("compact", {"input_size": args.compact_size}), ("clipseg", {"base": str(base), "input_size": 352})]
         for backend, settings in variants:
             model = build(backend, settings).to(device).eval()
             rows.append(measure(model, args.runs))

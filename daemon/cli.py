@@ -160,6 +160,7 @@ def train(
     tune_last_layers: Annotated[int, typer.Option(help="clipseg: also train the last N CLIP layers.")] = 0,
     max_val_images: Annotated[int | None, typer.Option(help="Validate on at most N images per task.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs [config train.eval_every].")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Data-loading processes [config train.num_workers].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a segmentation model on prepared data; keeps the best checkpoint by validation mIoU.
@@ -184,7 +185,8 @@ def train(
         init=init, resume=resume, epochs=epochs or t.epochs, steps_per_epoch=steps_per_epoch,
         batch_size=batch_size or t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
         crop_size=crop_size or t.crop_size, seed=t.seed, device=device or config.model.device,
-        num_workers=t.num_workers, eval_every=eval_every or t.eval_every, max_val_images=max_val_images,
+        num_workers=t.num_workers if num_workers is None else num_workers,
+        eval_every=eval_every or t.eval_every, max_val_images=max_val_images,
         command="qa-daemon " + " ".join(sys.argv[1:]), progress=not quiet)
     if resume and not (settings.out / "last" / "state.json").is_file():
         raise ConfigError(f"--resume: {settings.out / 'last'} holds no run to continue; drop --resume or fix --out")
@@ -195,12 +197,13 @@ def train(
 @app.command("eval")
 def evaluate(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Option(help="Flat folder of .jpg + .xml, or an export root.")],
+    data: Annotated[Path, typer.Option(help="Prepared folder, export root, or flat folder of .jpg + .xml.")],
     task: Annotated[TaskName, typer.Option(help="Which task the labels are.")],
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder [config model.checkpoint].")] = None,
     split: Annotated[str | None, typer.Option(help="Only this split of an export root (train, valid, test).")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Prompt(s) to score [task's prompts].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [config model.device].")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Run the model at this input side [the checkpoint's].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score a checkpoint per prompt: mIoU, Dice, pooled IoU, milliseconds per image.
@@ -209,7 +212,9 @@ def evaluate(
     scores 1); pooled IoU counts all pixels of all images together. Masks use the checkpoint's
     per-task threshold.
 
-    Example: qa-daemon eval --data data/cracks.v1i.voc --task crack --split valid --json
+    With a folder written by `prep`, --split picks its leakage-free split.
+
+    Example: qa-daemon eval --data data/prepared --task crack --split valid --json
     """
     import json
 
@@ -228,6 +233,7 @@ def evaluate(
         raise ConfigError(f"--data {data}: no labeled images of {task.value}{where}; check the folder and --split")
     prompts = prompt or config.prompts.for_task(task.value).all
     model, _ = load_checkpoint(ckpt, device or config.model.device)
+    model.input_size = input_size or model.input_size
     results, _ = run_eval(model, samples_from_labels(images, objects), prompts, [task.value] * len(prompts),
                           batch_size=config.model.batch_size, total=len(images), progress=not as_json)
     for p in problems[:20]:

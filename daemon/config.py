@@ -71,7 +71,7 @@ class PrepConfig(Section):
 
 
 class ModelConfig(Section):
-    checkpoint: Path = Field(Path("model/weights/default"), description="Active checkpoint folder.")
+    checkpoint: Path = Field(Path("model/weights/compact-v1"), description="Active checkpoint folder.")
     backend: Literal["compact", "clipseg"] = Field("compact", description="Backend `train` builds.")
     base: str = Field("CIDAS/clipseg-rd64-refined", description="CLIPSeg base: hub id or local folder.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses the GPU when present.")

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from model.data import read_rgb
+from model.data import read_mask, read_rgb
 from model.labels import rasterize
-from model.prep import Source, read_source
+from model.prep import MANIFEST, Source, read_manifest, read_source
 from model.segmenter import Segmenter
 
 GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
@@ -89,7 +89,15 @@ class PromptResult:
 
 def labeled_samples(data: Path, task: str, classes: tuple[str, ...],
                     split: str | None = None) -> tuple[list[Path], list, list[str]]:
-    """The images of a labeled folder (flat or an export root) and their objects for `task`; and problems."""
+    """The images of a labeled folder and, per image, its ground truth for `task`; and problems.
+
+    `data` is a prepared folder (its `manifest.csv` splits, which are leakage-free; ground truth
+    is the mask file), an export root, or a flat folder of labeled images (ground truth is the
+    list of objects).
+    """
+    if (data / MANIFEST).is_file():
+        rows = [r for r in read_manifest(data) if r.task == task and (split is None or r.split == split)]
+        return [Path(r.image) for r in rows], [Path(r.mask) for r in rows], []
     images, problems = read_source(Source("eval", data, task, classes))
     if split is not None:
         images = [im for im in images if im.source_split == split]
@@ -120,10 +128,11 @@ def evaluate(model: Segmenter, samples: Iterable[tuple[np.ndarray, np.ndarray]],
     return results, accs
 
 
-def samples_from_labels(images: list[Path], objects: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for path, objs in zip(images, objects, strict=True):
+def samples_from_labels(images: list[Path], truths: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(RGB image, bool ground truth) pairs; a truth is a mask file or a list of objects."""
+    for path, truth in zip(images, truths, strict=True):
         rgb = read_rgb(path)
-        yield rgb, rasterize(objs, rgb.shape[1], rgb.shape[0]) > 0
+        yield rgb, (read_mask(truth) if isinstance(truth, Path) else rasterize(truth, rgb.shape[1], rgb.shape[0]) > 0)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

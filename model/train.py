@@ -152,6 +152,7 @@ def train(s: TrainSettings) -> Path:
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn()]
+    started, first_step = time.time(), state["step"]
     with Progress(*columns, disable=not s.progress) as bar:
         job = bar.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"))
         while state["epoch"] < s.epochs:
@@ -170,6 +171,11 @@ def train(s: TrainSettings) -> Path:
                 state["step"] += 1
                 losses.append(loss.item())
                 bar.update(job, advance=1, loss=float(np.mean(losses[-50:])))
+                if s.progress and not bar.console.is_terminal and state["step"] % 50 == 0:
+                    # a log file gets no live bar: a line every 50 steps instead
+                    rate = (time.time() - started) / max(1, state["step"] - first_step)
+                    bar.console.print(f"step {state['step']}/{total_steps} loss {np.mean(losses[-50:]):.4f} "
+                                      f"{rate:.2f} s/step eta {rate * (total_steps - state['step']) / 60:.0f} min")
             state["epoch"] += 1
             # --- stop conditions, checkpoints -------------------------------------------------
             if state["epoch"] % s.eval_every and state["epoch"] < s.epochs:

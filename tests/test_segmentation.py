@@ -6,6 +6,7 @@ so each backend's end-to-end run takes seconds.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -199,6 +200,13 @@ def test_train_eval_predict_from_the_command_line(cli, write_config, small_expor
     first = report["results"][0]
     assert set(first) >= {"task", "prompt", "images", "miou", "dice", "pooled_iou", "ms_per_image"}
     assert first["images"] == 8 and 0 <= first["miou"] <= 1 and first["ms_per_image"] > 0
+
+    result = cli("--config", config, "eval", "--data", tmp_path / "prep", "--task", "taping", "--split", "valid",
+                 "--json")
+    assert result.code == 0, result.stderr
+    with (tmp_path / "prep" / "manifest.csv").open() as fh:
+        prepared_valid = [r for r in csv.DictReader(fh) if r["task"] == "taping" and r["split"] == "valid"]
+    assert json.loads(result.stdout)["results"][0]["images"] == len(prepared_valid) > 0
 
     photos = tmp_path / "photos"
     photos.mkdir()
