@@ -90,8 +90,9 @@ def prep(
 
     config = _config(ctx)
     roots = _dataset_roots(config, data or [])
-    sources = [Source(d.name, config.require(f"datasets[{i}].root", roots[d.name]) if not data
-                      else _must_exist(roots[d.name]), d.task, tuple(d.classes), d.format)
+    # a root given with --data is checked as such; one from the config names its key
+    sources = [Source(d.name, _must_exist(roots[d.name]) if roots[d.name] != d.root
+                      else config.require(f"datasets[{i}].root", d.root), d.task, tuple(d.classes), d.format)
                for i, d in enumerate(config.datasets)]
     if not sources:
         raise ConfigError(f"{config.source}: datasets: no dataset configured; add one (see README)")

@@ -35,8 +35,9 @@ def panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str, height:
 
 def write_examples(model: Segmenter, prepared: Path, out: Path, per_task: int = 2) -> list[Path]:
     written = []
+    valid = [r for r in read_manifest(prepared) if r.split == "valid" and r.mask_area > 0]
     for task, prompts in model.prompts.items():
-        rows = [r for r in read_manifest(prepared) if r.split == "valid" and r.task == task and r.mask_area > 0]
+        rows = [r for r in valid if r.task == task]
         scored = []
         for r in rows[::3]:  # every third image is plenty to find typical cases
             rgb, gt = read_rgb(r.image), read_mask(r.mask)
