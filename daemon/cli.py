@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import DEFAULT_CONFIG, TASKS, Config, ConfigError, load_config
+from daemon.config import DEFAULT_CONFIG, TASKS, Config, ConfigError, StoreConfig, load_config
 from model.errors import QAError
 
 app = typer.Typer(
@@ -42,14 +42,25 @@ def _root(
         "--config", "-c", envvar="QA_DAEMON_CONFIG", show_envvar=True,
         help="Config file to use.", dir_okay=False)] = DEFAULT_CONFIG,
 ) -> None:
-    ctx.obj = {"config_path": config}
+    from click.core import ParameterSource
+
+    # without --config or QA_DAEMON_CONFIG, a missing ./config.yaml means the defaults
+    ctx.obj = {"config_path": config, "missing_ok": ctx.get_parameter_source("config") == ParameterSource.DEFAULT}
 
 
 def _config(ctx: typer.Context) -> Config:
     """The validated config, loaded once per command."""
     if "config" not in ctx.obj:
-        ctx.obj["config"] = load_config(ctx.obj["config_path"])
+        ctx.obj["config"] = load_config(ctx.obj["config_path"], missing_ok=ctx.obj["missing_ok"])
     return ctx.obj["config"]
+
+
+def _with_store(config: Config, store: str | None) -> Config:
+    """The config with `--store URL` applied."""
+    return config.model_copy(update={"store": StoreConfig(url=store)}) if store else config
+
+
+STORE_HELP = "SQLAlchemy URL of the results store [config store.url]."
 
 
 class TaskName(StrEnum):
@@ -291,12 +302,46 @@ def predict(
 
 
 @app.command()
-def run(ctx: typer.Context) -> None:
-    """Run the daemon: watch the incoming folders, segment every new photo, store results, report.
+def run(
+    ctx: typer.Context,
+    watch: Annotated[list[Path] | None, typer.Option(
+        "--watch", "-w", help="Folder to watch; repeat for several [config watch.roots].")] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    outputs: Annotated[Path | None, typer.Option(help="Where masks and overlays go [config outputs.dir].")] = None,
+    polling: Annotated[bool | None, typer.Option(
+        "--polling/--events", help="Poll the folders (network shares) or use OS events [config watch.polling].",
+        show_default=False)] = None,
+) -> None:
+    """Run the daemon: watch the incoming folders, segment every new photo with both prompts, store the results.
 
-    Example: qa-daemon run --config config.yaml
+    Photos go in `<root>/<site>/<location>/` (watch.layout). Each is taken once it has stopped
+    changing and decodes fully, identified by its content (a duplicate under another name is
+    recorded, not processed again), segmented, measured and recorded in the store; masks and an
+    overlay go to `<outputs>/<site>/<capture date>/`. Files that keep failing go to the quarantine
+    folder with a `.error.txt`. Stop with Ctrl-C or SIGTERM: the photos in hand are finished.
+
+    Example: qa-daemon run --watch ~/site-photos
     """
-    _not_yet("run", 5, "the watch-folder daemon")
+    import logging
+
+    from daemon.app import App
+
+    config = _with_store(_config(ctx), store)
+    updates: dict = {}
+    if watch or polling is not None:
+        updates["watch"] = config.watch.model_copy(update={
+            **({"roots": [w.absolute() for w in watch]} if watch else {}),
+            **({"polling": polling} if polling is not None else {})})
+    if outputs:
+        updates["outputs"] = config.outputs.model_copy(update={"dir": outputs.absolute()})
+    config = config.model_copy(update=updates)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    for noisy in ("watchdog", "alembic", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    code = App(config).run()
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -341,12 +386,30 @@ def history(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
-    """Show the daemon's queue, recent failures and the active model.
+def status(
+    ctx: typer.Context,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show whether the daemon runs, its queue (processed, pending, failed, duplicates), the model, recent failures.
 
-    Example: qa-daemon status
+    Example: qa-daemon status --json
     """
-    _not_yet("status", 5, "daemon status")
+    import json
+
+    from daemon.app import status as daemon_status
+
+    state = daemon_status(_with_store(_config(ctx), store))
+    if as_json:
+        print(json.dumps(state))
+        return
+    table = Table(title=f"qa-daemon: {'running' if state['running'] else 'not running'}", show_header=False)
+    for key in ("processed", "processed_today", "pending", "failed", "duplicates", "model", "store"):
+        table.add_row(key.replace("_", " "), str(state[key]))
+    out.print(table)
+    for f in state["recent_failures"]:
+        err.print(f"{f['at']}  {f['path']}: {f['error']}" + (f" -> {f['quarantined_to']}" if f["quarantined_to"]
+                                                            else ""), highlight=False, markup=False)
 
 
 def main() -> None:

@@ -22,6 +22,9 @@ from model.errors import QAError
 Task = Literal["crack", "taping"]
 TASKS: tuple[Task, ...] = ("crack", "taping")
 DEFAULT_CONFIG = Path("config.yaml")
+# the model shipped inside the package, so `qa-daemon run --watch DIR` works without a config file
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "compact-v1"
+LAYOUT_FIELDS = ("site", "location", "_")
 
 
 class ConfigError(QAError):
@@ -71,7 +74,7 @@ class PrepConfig(Section):
 
 
 class ModelConfig(Section):
-    checkpoint: Path = Field(Path("model/weights/compact-v1"), description="Active checkpoint folder.")
+    checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="Active checkpoint folder.")
     backend: Literal["compact", "clipseg"] = Field("compact", description="Backend `train` builds.")
     base: str = Field("CIDAS/clipseg-rd64-refined", description="CLIPSeg base: hub id or local folder.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses the GPU when present.")
@@ -99,6 +102,24 @@ class WatchConfig(Section):
     rescan_interval_s: float = Field(300.0, gt=0, description="Full rescan period (missed events).")
     layout: str = Field("{site}/{location}", description="Folder levels under a root that name site/location.")
     max_attempts: int = Field(3, ge=1, description="Failures before a photo is quarantined.")
+    retry_backoff_s: float = Field(30.0, ge=0, description="Wait before the first retry; doubles each time.")
+    incomplete_after_s: float = Field(
+        600.0, ge=0, description="A file that does not decode is quarantined only after unchanged this long.")
+    heartbeat_s: float = Field(60.0, gt=0, description="Period of the daemon's heartbeat log line.")
+
+    @field_validator("layout")
+    @classmethod
+    def _check_layout(cls, v: str) -> str:
+        parts = [p for p in v.strip("/").split("/") if p]
+        bad = [p for p in parts if not (p.startswith("{") and p.endswith("}") and p[1:-1] in LAYOUT_FIELDS)]
+        if bad:
+            raise ValueError(f"each folder level must be {{site}}, {{location}} or {{_}} (ignored); got {bad[0]!r}")
+        return "/".join(parts)
+
+    @property
+    def levels(self) -> list[str]:
+        """The field each folder level under a root names: site, location or _ (ignored)."""
+        return [p[1:-1] for p in self.layout.split("/") if p]
 
 
 class StoreConfig(Section):
@@ -108,6 +129,7 @@ class StoreConfig(Section):
 class OutputsConfig(Section):
     dir: Path = Field(Path("outputs"), description="Masks and overlays, by site and date.")
     overlay: bool = True
+    overlay_max_side: int = Field(1600, ge=64, description="Longest side of overlay JPEGs (masks keep full size).")
     archive: Path | None = Field(None, description="Move processed photos here; null leaves them in place.")
     quarantine: Path = Field(Path("quarantine"), description="Photos that failed max_attempts times.")
 
@@ -129,6 +151,37 @@ class RetrainConfig(Section):
     max_regression: float = Field(0.02, ge=0, le=1, description="Largest mIoU drop a candidate may show.")
 
 
+class SiteConfig(Section):
+    mm_per_pixel: float | None = Field(None, gt=0, description="Scale of this site's photos; enables mm figures.")
+
+
+class SeverityConfig(Section):
+    """Crack width classes: hairline < hairline_mm <= fine <= fine_mm < medium <= medium_mm < wide."""
+
+    hairline_mm: float = Field(0.1, gt=0)
+    fine_mm: float = Field(1.0, gt=0)
+    medium_mm: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> SeverityConfig:
+        if not self.hairline_mm < self.fine_mm <= self.medium_mm:
+            raise ValueError("thresholds must increase: hairline_mm < fine_mm <= medium_mm")
+        return self
+
+    def classify(self, width_mm: float) -> str:
+        if width_mm < self.hairline_mm:
+            return "hairline"
+        if width_mm <= self.fine_mm:
+            return "fine"
+        return "medium" if width_mm <= self.medium_mm else "wide"
+
+
+class MeasureConfig(Section):
+    severity: SeverityConfig = SeverityConfig()
+    min_component_px: int = Field(
+        16, ge=1, description="Mask pieces smaller than this (source pixels) are not counted as components.")
+
+
 class Config(Section):
     """The whole of config.yaml."""
 
@@ -142,6 +195,8 @@ class Config(Section):
     outputs: OutputsConfig = OutputsConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     retrain: RetrainConfig = RetrainConfig()
+    sites: dict[str, SiteConfig] = Field(default_factory=dict, description="Per-site settings by site name.")
+    measure: MeasureConfig = MeasureConfig()
     source: Path = Field(Path("config.yaml"), exclude=True, description="The file this was read from.")
 
     @field_validator("datasets")
@@ -175,11 +230,16 @@ class Config(Section):
         return path
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate `path`; every problem becomes one ConfigError naming the file and key."""
+def load_config(path: Path, missing_ok: bool = False) -> Config:
+    """Read and validate `path`; every problem becomes one ConfigError naming the file and key.
+
+    With `missing_ok`, an absent file gives the defaults, relative to the current folder.
+    """
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
+        if missing_ok:
+            return _resolve_paths(Config(source=path), Path.cwd())
         raise ConfigError(f"{path}: config file not found; pass --config or set QA_DAEMON_CONFIG") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None

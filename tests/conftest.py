@@ -102,3 +102,16 @@ def cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained compact checkpoint at 128 px: fast, and loaded through the product's own loader."""
+    from model.segmenter import Card, build, save_checkpoint
+
+    settings = {"input_size": 128, "decoder_widths": [8, 8, 16, 16], "channels_last": False, "pretrained": False}
+    model = build("compact", settings)
+    prompts = {"crack": ["segment crack"], "taping": ["segment taping area"]}
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-v1",
+                           Card(backend="compact", settings=settings, thresholds={"crack": 0.5, "taping": 0.5},
+                                prompts=prompts))

@@ -1,0 +1,165 @@
+"""End-to-end daemon throughput: photos dropped into a watched folder, until their results are committed.
+
+    uv run python -m bench.daemon [--photos 60] [--large 20] [--checkpoint DIR] [--device cpu] [--json]
+
+Starts a real `qa-daemon run` on a temporary folder with the shipped model, waits until it is up,
+then drops a burst of photos at once and reads the store as an analyst would (plain sqlite3):
+
+- throughput: photos / (last commit - drop);
+- latency: each photo's commit - drop, p50 and p95 (a burst: the last photo waits for all others);
+- peak resident memory of the daemon process (psutil, sampled every 0.1 s).
+
+Bursts: `--photos` real 640x640 photos from ../shared/datasets, then `--large` 4000x3000 photos
+made from other real ones (upscaled, JPEG quality 90, like a 12-megapixel phone photo).
+`watch.settle_s` is 0.5 s here (default 2 s): it adds to each photo's latency, not to throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+SOURCES = [SHARED / "cracks.v1i.voc" / "train", SHARED / "Drywall-Join-Detect.v1i.voc" / "train"]
+
+
+def real_photos(n: int, skip: int = 0) -> list[Path]:
+    """n distinct real photos, alternating between the two datasets."""
+    pools = [sorted(s.glob("*.jpg"))[skip:] for s in SOURCES]
+    if not all(pools):
+        sys.exit(f"real photos not found under {SHARED}; this benchmark needs ../shared/datasets")
+    return [pools[i % 2][i // 2] for i in range(n)]
+
+
+def make_large(sources: list[Path], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sources:
+        im = cv2.resize(cv2.imread(str(src)), (4000, 3000), interpolation=cv2.INTER_CUBIC)
+        target = folder / f"big_{src.stem[:40]}.jpg"
+        cv2.imwrite(str(target), im, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append(target)
+    return out
+
+
+class Memory(threading.Thread):
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.proc, self.peak, self.stop = psutil.Process(pid), 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+
+def committed(db: Path, names: set[str]) -> list[datetime]:
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        rows = con.execute("SELECT name, processed_at FROM photos JOIN jobs ON jobs.photo_id = photos.id "
+                           "WHERE jobs.status = 'done'").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+    return [datetime.fromisoformat(t) for n, t in rows if n in names]
+
+
+def burst(home: Path, files: list[Path], folder: str, timeout: float = 1800) -> dict:
+    """Copy `files` into the watched folder at once; wait for all their records; the figures."""
+    staging = home / "staging" / folder
+    staging.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, staging / f.name)
+    target = home / "in" / "bench-site" / folder
+    dropped = datetime.now(UTC).replace(tzinfo=None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)  # the whole burst appears at one instant
+    names = {f.name for f in files}
+    end = time.monotonic() + timeout
+    while True:
+        times = committed(home / "qa.sqlite3", names)
+        if len(times) == len(files) or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    lat = sorted((t - dropped).total_seconds() for t in times)
+    return {"photos": len(files), "done": len(lat), "seconds": round(lat[-1], 2),
+            "photos_per_s": round(len(lat) / lat[-1], 3), "p50_latency_s": round(statistics.median(lat), 2),
+            "p95_latency_s": round(lat[max(0, round(0.95 * len(lat)) - 1)], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=60, help="640x640 photos in the first burst")
+    ap.add_argument("--large", type=int, default=20, help="4000x3000 photos in the second burst")
+    ap.add_argument("--checkpoint", type=Path, default=REPO / "model" / "weights" / "compact-v1")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="qa-bench-"))
+    (home / "in").mkdir()
+    config = home / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"checkpoint": str(args.checkpoint), "device": args.device, "batch_size": args.batch_size},
+        "watch": {"roots": ["in"], "settle_s": 0.5, "heartbeat_s": 30}, "store": {"url": "sqlite:///qa.sqlite3"}}))
+    small = real_photos(args.photos)
+    large = make_large(real_photos(args.large, skip=args.photos), home / "large-src")
+    log = (home / "daemon.log").open("w")
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(config), "run"], cwd=home, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    memory = Memory(proc.pid)
+    memory.start()
+    try:
+        while "qa-daemon started" not in (home / "daemon.log").read_text():
+            if proc.poll() is not None:
+                sys.exit(f"the daemon exited:\n{(home / 'daemon.log').read_text()}")
+            time.sleep(0.2)
+        startup = time.monotonic() - start
+        results = {"640x640": burst(home, small, "small"), "4000x3000": burst(home, large, "large")}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+        memory.stop.set()
+    report = {
+        "photos_per_s_640": results["640x640"]["photos_per_s"],
+        "photos_per_s_4000x3000": results["4000x3000"]["photos_per_s"],
+        "p95_latency_s_640_burst": results["640x640"]["p95_latency_s"],
+        "peak_rss_mb": round(memory.peak / 2**20), "startup_s": round(startup, 1), "bursts": results,
+        "checkpoint": str(args.checkpoint), "device": args.device, "batch_size": args.batch_size,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+    }
+    shutil.rmtree(home, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"daemon up in {report['startup_s']} s; peak RSS {report['peak_rss_mb']} MB; {report['hardware']}")
+    print(f"{'burst':<10} {'photos':>6} {'seconds':>8} {'photos/s':>9} {'p50 s':>6} {'p95 s':>6}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['done']:>6} {r['seconds']:>8} {r['photos_per_s']:>9} {r['p50_latency_s']:>6} "
+              f"{r['p95_latency_s']:>6}")
+
+
+if __name__ == "__main__":
+    main()

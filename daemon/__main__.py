@@ -1,0 +1,5 @@
+"""`python -m daemon` is `qa-daemon`."""
+
+from daemon.cli import main
+
+main()

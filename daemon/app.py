@@ -1,0 +1,174 @@
+"""The daemon: its threads, its queue and its shutdown, in one place.
+
+    App(config).run()    # until SIGINT or SIGTERM
+
+Threads, each taking the config and the one stop event:
+
+    watcher    OS events (or polling) and rescans   -> candidate files    (daemon/watcher.py)
+    intake     settled files: checks, sha256         -> photos + pending jobs in the store  (daemon/intake.py)
+    processor  pending jobs: segment, measure        -> detections + done, one transaction  (daemon/process.py)
+    heartbeat  one status line every watch.heartbeat_s
+
+The queue is the store's `jobs` table, so it survives any crash: at start, jobs left
+running go back to pending, and the first rescan finds files that arrived (or were
+not yet recorded) while the daemon was down. `start()` goes lock, store, model,
+processor, intake, watcher, heartbeat; `stop()` undoes that in reverse, letting the
+processor finish the batch in hand. Signals only set the stop event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from daemon.config import TASKS, Config, ConfigError
+from daemon.intake import IntakeWorker, Settler
+from daemon.paths import present
+from daemon.process import Processor
+from daemon.store import Store, StoreError, StoreLock, redact, sqlite_path
+from daemon.watcher import Watcher
+from model.segmenter import WEIGHTS, load_checkpoint
+
+log = logging.getLogger("qa-daemon")
+
+
+def today_start_utc() -> datetime:
+    """Local midnight today, as naive UTC like the store's timestamps."""
+    midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.astimezone(UTC).replace(tzinfo=None)
+
+
+class Heartbeat(threading.Thread):
+    """Logs the queue's state every `watch.heartbeat_s`, so a silent daemon is visibly alive."""
+
+    def __init__(self, config: Config, stop_event: threading.Event, store: Store, settler: Settler,
+                 watcher: Watcher):
+        super().__init__(name="heartbeat", daemon=True)
+        self.config, self.stop_event, self.store, self.settler, self.watcher = (
+            config, stop_event, store, settler, watcher)
+
+    def run(self) -> None:
+        last = None
+        while not self.stop_event.wait(self.config.watch.heartbeat_s):
+            try:
+                c = self.store.counts(today_start_utc())
+            except Exception as exc:  # noqa: BLE001 - a heartbeat reports trouble, it never dies of it
+                log.warning("heartbeat: store not readable (%s)", exc)
+                continue
+            since = f" (+{c['processed'] - last})" if last is not None else ""
+            missing = f", roots missing: {len(self.watcher.missing)}" if self.watcher.missing else ""
+            log.info("heartbeat: %d processed%s, %d pending, %d settling, %d failed, %d duplicates%s",
+                     c["processed"], since, c["pending"], len(self.settler), c["failed"], c["duplicates"], missing)
+            last = c["processed"]
+
+
+class App:
+    """Starts the daemon's parts in order and stops them in reverse."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.stop_event = threading.Event()
+        self.work_ready = threading.Event()
+        self.lock = StoreLock(config.store.url)
+        self.store: Store | None = None
+        self.threads: list[threading.Thread] = []
+        self.watcher: Watcher | None = None
+
+    def start(self) -> None:
+        config = self.config
+        roots = [r.absolute() for r in config.watch.roots]
+        if not any(present(r) for r in roots):
+            raise ConfigError(f"{config.source}: watch.roots: none of {', '.join(map(str, roots))} exists; "
+                              "create the folder, fix the path, or pass --watch DIR")
+        self.lock.acquire()
+        self.store = Store.open(config.store.url)
+        requeued, exhausted = self.store.recover(config.watch.max_attempts)
+        if requeued:
+            log.info("%d photos left in progress by an earlier run are queued again", requeued)
+        model, card = load_checkpoint(config.model.checkpoint, config.model.device)
+        prompts = [config.prompts.for_task(t).canonical for t in TASKS]
+        model.predict([np.zeros((model.input_size, model.input_size, 3), np.uint8)], prompts)  # warm up once
+        with open(config.model.checkpoint / WEIGHTS, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        version = self.store.register_model(config.model.checkpoint.name, config.model.checkpoint, card.backend,
+                                            sha, asdict(card))
+        settler = Settler(config.watch.settle_s, config.watch.retry_backoff_s, config.watch.max_attempts,
+                          config.watch.incomplete_after_s)
+        processor = Processor(config, self.stop_event, self.store, model, version, self.work_ready, roots)
+        for job in exhausted:  # in hand at every one of its attempts: it may be what stops the daemon
+            processor.failed(job, f"the daemon stopped {job.attempts} times while processing this photo", final=True)
+        if config.outputs.archive is not None:  # finish archive moves cut short by a crash
+            for root in roots:
+                for photo_id, path in self.store.done_photos_under(root):
+                    if path.exists():
+                        processor.archive(photo_id, path)
+        intake = IntakeWorker(config, self.stop_event, self.store, settler, self.work_ready)
+        self.watcher = Watcher(config, self.stop_event, self.store, settler)
+        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher)
+        self.threads = [processor, intake, self.watcher, heartbeat]
+        for t in self.threads:
+            t.start()
+        log.info("qa-daemon started: model %s (%s, input %d, %s), watching %s (%s), store %s, outputs %s",
+                 config.model.checkpoint.name, card.backend, model.input_size, model.device,
+                 ", ".join(map(str, roots)), "polling" if config.watch.polling else "events",
+                 redact(config.store.url), config.outputs.dir)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.work_ready.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        for t in reversed(self.threads):
+            t.join()
+        if self.store is not None:
+            self.store.close()
+        self.lock.release()
+
+    def run(self) -> int:
+        """Run until SIGINT/SIGTERM (0) or until a thread dies of a bug (1: let a supervisor restart us)."""
+        previous = {sig: signal.signal(sig, lambda *_: self.stop_event.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            self.start()
+            while not self.stop_event.wait(1.0):
+                dead = [t.name for t in self.threads if not t.is_alive()]
+                if dead:
+                    log.error("thread %s stopped unexpectedly; shutting down (queued work resumes at restart)",
+                              ", ".join(dead))
+                    code = 1
+                    break
+            log.info("stopping: finishing the photos in hand")
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("stopped")
+        return code
+
+
+def status(config: Config) -> dict[str, Any]:
+    """The daemon's state as `qa-daemon status --json` prints it."""
+    path = sqlite_path(config.store.url)
+    if path is not None and not path.exists():
+        raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
+                         "start the daemon with `qa-daemon run`, or pass --store")
+    store = Store.open(config.store.url, migrate_schema=False)
+    try:
+        counts = store.counts(today_start_utc())
+        failures = [{"at": f.at.isoformat(timespec="seconds"), "path": f.path, "stage": f.stage, "error": f.error,
+                     "quarantined_to": f.quarantined_to} for f in store.recent_failures(5)]
+        model = store.active_model()
+    finally:
+        store.close()
+    return {"running": StoreLock(config.store.url).held_elsewhere(), **counts,
+            "model": model or config.model.checkpoint.name, "store": redact(config.store.url),
+            "recent_failures": failures, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

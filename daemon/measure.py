@@ -1,0 +1,73 @@
+"""Defect measurements of one mask: area, pieces, and for cracks length, width and severity.
+
+    m = measure(mask, prob, scale=4.46, task="crack", mm_per_pixel=0.2, severity=config.measure.severity,
+                min_component_px=16, area_px=123456)
+    m["length_px"], m["max_width_mm"], m["severity"]
+
+Masks are measured at the working resolution the photo was decoded at (about
+twice the model's input side) and the figures scaled to source pixels by
+`scale` (source pixels per working pixel), so a 12-megapixel photo costs the
+same as a small one. Widths finer than `scale` source pixels cannot be resolved;
+the model itself sees the photo at its input size.
+
+- length: the mask's skeleton, each step counted 1 (straight) or sqrt(2) (diagonal);
+- max width: twice the largest distance from the skeleton to the mask's edge, minus one
+  (a one-pixel line is one pixel wide);
+- severity: the class of the max width in mm (config `measure.severity`), only where the
+  site's `mm_per_pixel` is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.morphology import skeletonize
+
+from daemon.config import SeverityConfig
+
+
+def skeleton_length(skeleton: np.ndarray) -> float:
+    """Length in pixels of a one-pixel-wide skeleton: 8-connected steps, diagonals counted sqrt(2)."""
+    s = skeleton.astype(bool)
+    straight = np.count_nonzero(s[:, 1:] & s[:, :-1]) + np.count_nonzero(s[1:, :] & s[:-1, :])
+    diagonal = np.count_nonzero(s[1:, 1:] & s[:-1, :-1]) + np.count_nonzero(s[1:, :-1] & s[:-1, 1:])
+    # a diagonal step is also seen as an L of two straight ones when the corner pixel is set; count it once
+    corners = (np.count_nonzero(s[1:, 1:] & s[:-1, :-1] & (s[:-1, 1:] | s[1:, :-1]))
+               + np.count_nonzero(s[1:, :-1] & s[:-1, 1:] & (s[:-1, :-1] | s[1:, 1:])))
+    return float(straight + np.sqrt(2) * (diagonal - corners))
+
+
+def measure(mask: np.ndarray, prob: np.ndarray, scale: float, task: str, mm_per_pixel: float | None,
+            severity: SeverityConfig, min_component_px: int, area_px: int) -> dict[str, Any]:
+    """The detection columns of one (photo, prompt): see `daemon.store.Detection`.
+
+    `mask` (bool) and `prob` are at working resolution; `area_px` is counted on the
+    full-size mask that was written, so it matches the file exactly.
+    """
+    total = mask.size * scale * scale
+    out: dict[str, Any] = {"area_px": int(area_px), "area_pct": 100.0 * area_px / total if total else 0.0,
+                           "mean_confidence": float(prob[mask].mean()) if mask.any() else None,
+                           "length_px": None, "max_width_px": None, "length_mm": None, "max_width_mm": None,
+                           "severity": None, "coverage_pct": None}
+    u8 = mask.astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(u8, connectivity=8)
+    out["components"] = int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] * scale * scale >= min_component_px))
+    if task == "taping":
+        out["coverage_pct"] = out["area_pct"]
+    if task != "crack":
+        return out
+    if not mask.any():
+        out["length_px"], out["max_width_px"] = 0.0, 0.0
+    else:
+        skeleton = skeletonize(mask)
+        # distance to the nearest background pixel; padded so a mask touching the border is still bounded
+        dist = cv2.distanceTransform(np.pad(u8, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        out["length_px"] = skeleton_length(skeleton) * scale
+        out["max_width_px"] = max(1.0, 2.0 * float(dist[skeleton].max()) - 1.0) * scale
+    if mm_per_pixel is not None:
+        out["length_mm"] = out["length_px"] * mm_per_pixel
+        out["max_width_mm"] = out["max_width_px"] * mm_per_pixel
+        out["severity"] = severity.classify(out["max_width_mm"]) if mask.any() else None
+    return out

@@ -1,0 +1,251 @@
+"""Processing queued photos: decode, segment with both prompts, write masks and overlay, measure, commit.
+
+For each batch the processor claims from the store:
+
+1. decode each photo fast: JPEG DCT scaling (Pillow's draft mode) straight to about twice
+   the model's input side, EXIF orientation applied;
+2. run the model once per batch: one image encoding, both canonical prompts decoded against it
+   (on the GPU when there is one; CUDA out-of-memory halves the batch and tries again);
+3. per photo: threshold at working resolution, scale the masks to the source's size and write
+   `{image_id}__segment_crack.png` and `{image_id}__segment_taping_area.png` ({0,255}) and an
+   overlay JPEG under `outputs/<site>/<capture date>/`, and measure;
+4. store detections and mark the job done in one transaction; then, if configured, move the
+   photo to the archive.
+
+A photo that fails is retried with backoff and, after `watch.max_attempts`, moved to quarantine
+with its error recorded. Nothing here stops the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from sqlalchemy.exc import SQLAlchemyError
+
+from daemon.config import TASKS, Config
+from daemon.measure import measure
+from daemon.paths import move_into, present, quarantine, safe_part
+from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
+from model.masks import binary_mask, mask_name, overlay, write_png
+from model.segmenter import Segmenter
+
+log = logging.getLogger("qa-daemon")
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # (h, w, 3) at working resolution, orientation applied
+    size: tuple[int, int]  # (width, height) of the source, orientation applied
+    ms: float
+
+
+def decode(path: Path, side: int) -> Decoded:
+    """The photo at working resolution (longest side about `side`, never upscaled) and its source size."""
+    start = time.perf_counter()
+    with Image.open(path) as im:
+        w, h = im.size
+        im.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `side`
+        orientation = im.getexif().get(0x0112)
+        im = ImageOps.exif_transpose(im)
+        rgb = np.asarray(im.convert("RGB"))
+    size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    if max(rgb.shape[:2]) > side:
+        f = side / max(rgb.shape[:2])
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f))),
+                         interpolation=cv2.INTER_AREA)
+    return Decoded(np.ascontiguousarray(rgb), size, (time.perf_counter() - start) * 1000)
+
+
+class Processor(threading.Thread):
+    """Claims queued photos in batches and processes them; the only thread that runs the model."""
+
+    def __init__(self, config: Config, stop_event: threading.Event, store: Store, model: Segmenter,
+                 model_version_id: int, work_ready: threading.Event, roots: list[Path]):
+        super().__init__(name="processor", daemon=True)
+        self.config, self.stop_event, self.store, self.model = config, stop_event, store, model
+        self.model_version_id, self.work_ready, self.roots = model_version_id, work_ready, roots
+        self.prompts = {t: config.prompts.for_task(t).canonical for t in TASKS}
+        self.batch_size = config.model.batch_size  # lowered for good after a CUDA out-of-memory
+        self.side = 2 * model.input_size  # working resolution: masks are measured here, then scaled up
+        self.worker = worker_name()
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="photo")  # cv2 and Pillow free the GIL
+        self.processed = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                jobs = self.store.claim(self.batch_size, self.worker)
+            except SQLAlchemyError as exc:
+                log.warning("store not available (%s); trying again", exc)
+                self.stop_event.wait(2.0)
+                continue
+            if jobs:
+                try:
+                    self.process(jobs)  # a stop request lets the batch in hand finish
+                except Exception as exc:  # noqa: BLE001 - a bug must not stall the queue: count it, go on
+                    log.exception("unexpected error while processing a batch")
+                    for job in jobs:
+                        self.failed(job, f"unexpected error: {exc!r}")
+            else:
+                self.work_ready.wait(timeout=1.0)
+                self.work_ready.clear()
+        self.pool.shutdown(wait=True)
+
+    def process(self, jobs: list[Claimed]) -> None:
+        decoded = self.pool.map(lambda j: (j, self._attempt(j, lambda: self._decode(j))), jobs)
+        ready = [(j, d) for j, d in decoded if d is not None]
+        start = time.perf_counter()
+        probs = self._predict([d.rgb for _, d in ready])
+        infer_ms = (time.perf_counter() - start) * 1000 / max(1, len(ready))
+        todo = []
+        for (job, d), p in zip(ready, probs, strict=True):
+            if isinstance(p, Exception):
+                self.failed(job, f"the model failed on this photo ({p})")
+            else:
+                todo.append((job, d, p))
+        finished = self.pool.map(
+            lambda t: (t[0], self._attempt(t[0], lambda: self._finish(*t, infer_ms), outputs=True)), todo)
+        for job, result in finished:
+            if result is not None:
+                self._commit(job, result)
+
+    def _decode(self, job: Claimed) -> Decoded:
+        roots = [r for r in self.roots if job.path.is_relative_to(r)]
+        if roots and not any(present(r) for r in roots):
+            raise RootMissing(f"{job.path}: its watch root is not there (unmounted share?)")
+        return decode(job.path, self.side)
+
+    def _predict(self, images: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """Per image, (P, h, w) probabilities, or the error it alone failed with. A failing batch is
+        halved until the culprit is alone; a CUDA out-of-memory also lowers the batch size for good."""
+        if not images:
+            return []
+        try:
+            return self.model.predict(images, list(self.prompts.values()))
+        except Exception as exc:  # noqa: BLE001 - narrowed to the photo that causes it, below
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            if len(images) == 1:
+                return [exc]
+            half = len(images) // 2
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                self.batch_size = max(1, min(self.batch_size, half))
+                log.warning("CUDA out of memory with %d photos; batch size now %d", len(images), self.batch_size)
+            return self._predict(images[:half]) + self._predict(images[half:])
+
+    def _finish(self, job: Claimed, d: Decoded, probs: np.ndarray, infer_ms: float) -> PhotoResult:
+        start = time.perf_counter()
+        out_dir = self.config.outputs.dir / safe_part(job.site) / job.captured_at.strftime("%Y-%m-%d")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        w, h = d.size
+        scale = w / d.rgb.shape[1]
+        site = self.config.sites.get(job.site)
+        detections, work_masks = [], []
+        for (task, prompt), prob in zip(self.prompts.items(), probs, strict=True):
+            threshold = self.model.threshold(prompt)
+            work = binary_mask(prob, threshold)
+            full = work if (w, h) == (work.shape[1], work.shape[0]) else \
+                binary_mask(cv2.resize(work, (w, h), interpolation=cv2.INTER_LINEAR), 127)
+            path = out_dir / mask_name(job.image_id, prompt)
+            write_png(path, full)
+            work_masks.append(work)
+            m = measure(work > 0, prob, scale, task, site.mm_per_pixel if site else None,
+                        self.config.measure.severity, self.config.measure.min_component_px,
+                        int(np.count_nonzero(full)))
+            detections.append(DetectionResult(task, prompt, path, threshold, m))
+        over = None
+        if self.config.outputs.overlay:
+            over = out_dir / f"{job.image_id}__overlay.jpg"
+            small = d.rgb
+            limit = self.config.outputs.overlay_max_side
+            if max(small.shape[:2]) > limit:
+                f = limit / max(small.shape[:2])
+                size = (round(small.shape[1] * f), round(small.shape[0] * f))
+                small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+                work_masks = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in work_masks]
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(overlay(small, work_masks), cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                raise OSError(f"{over}: JPEG encoding failed")
+            tmp = over.with_name(f".{over.name}.tmp")
+            tmp.write_bytes(data.tobytes())
+            tmp.replace(over)
+        ms = d.ms + infer_ms + (time.perf_counter() - start) * 1000
+        return PhotoResult(out_dir, over, ms, detections)
+
+    def _commit(self, job: Claimed, result: PhotoResult) -> None:
+        try:
+            self.store.complete(job, result, self.model_version_id)
+        except SQLAlchemyError as exc:
+            self.failed(job, f"could not store the results ({exc})", count=False)
+            return
+        self.processed += 1
+        by_task = {d.task: d for d in result.detections}
+        crack, taping = by_task.get("crack"), by_task.get("taping")
+        sev = f" ({crack.measures['severity']})" if crack and crack.measures.get("severity") else ""
+        log.info("%s  site=%s/%s  crack %.2f%%%s  taping %.2f%%  %.0f ms", job.path.name, job.site, job.location,
+                 crack.measures["area_pct"] if crack else 0.0, sev, taping.measures["area_pct"] if taping else 0.0,
+                 result.processing_ms)
+        if self.config.outputs.archive is not None:
+            self.archive(job.photo_id, job.path)
+
+    def archive(self, photo_id: int, path: Path) -> None:
+        """Move a processed photo to the archive (after its results are committed) and record where it went."""
+        root = next((r for r in self.roots if path.is_relative_to(r)), path.parent)
+        try:
+            moved = move_into(path, root, self.config.outputs.archive)
+            self.store.moved(photo_id, moved)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("%s: processed, but could not be archived (%s); it stays in place", path, exc)
+
+    def _attempt(self, job: Claimed, work: Callable, outputs: bool = False):
+        """`work()`, or None after recording the failure of `job`. Trouble that is not the photo's
+        (its share is unmounted, the outputs disk is full) does not use up its attempts."""
+        try:
+            return work()
+        except RootMissing as exc:
+            self.failed(job, str(exc), count=False)
+        except FileNotFoundError:
+            self.failed(job, "the file disappeared before it was processed")
+        except Image.DecompressionBombError as exc:
+            self.failed(job, f"too many pixels to decode safely ({exc})", final=True)
+        except OSError as exc:
+            where = "writing the results failed" if outputs else "the photo could not be decoded"
+            self.failed(job, f"{where}: {exc}", count=not outputs)
+        except Exception as exc:  # noqa: BLE001 - anything else is this photo's failure, never the daemon's
+            self.failed(job, f"{type(exc).__name__}: {exc}")
+        return None
+
+    def failed(self, job: Claimed, error: str, final: bool = False, count: bool = True) -> None:
+        """Retry later with backoff, or after the last attempt quarantine the photo; never raises."""
+        w = self.config.watch
+        try:
+            if final or (count and job.attempts >= w.max_attempts):
+                root = next((r for r in self.roots if job.path.is_relative_to(r)), job.path.parent)
+                moved = None
+                try:
+                    moved = quarantine(job.path, root, self.config.outputs.quarantine, error)
+                except OSError as exc:
+                    log.error("%s: could not be quarantined (%s)", job.path, exc)
+                self.store.give_up(job, error, moved)
+                log.warning("%s: failed %d times, quarantined to %s: %s", job.path, job.attempts, moved, error)
+            else:
+                delay = w.retry_backoff_s * 2 ** (job.attempts - 1) if count else max(w.retry_backoff_s, 1.0)
+                self.store.retry_later(job, error, delay, count=count)
+                log.warning("%s: %s; retrying in %.0f s", job.path, error, delay)
+        except (SQLAlchemyError, StoreError) as exc:  # the job stays running; recover() requeues it at restart
+            log.error("%s: failure could not be recorded (%s)", job.path, exc)
+
+
+class RootMissing(OSError):
+    """The photo's watch root is gone (an unmounted share): wait for it, do not count an attempt."""

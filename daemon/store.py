@@ -1,0 +1,539 @@
+"""The results store: tables, migrations, the durable job queue, and the one-daemon lock.
+
+    store = Store.open("sqlite:///qa-daemon.sqlite3")   # migrates to the newest schema
+    photo_id = store.add_photo(identified)               # a photo and its pending job, one transaction
+    jobs = store.claim(batch_size=8, worker="host:pid")  # pending -> running
+    store.complete(job, results)                         # detections + done, one transaction
+
+A photo is recorded as pending before any work starts, and marked done in the
+same transaction that stores its detections, so a crash at any moment leaves
+either no trace (the file is found again by the start-up rescan) or a job that
+`recover()` puts back to pending. SQLite runs in WAL mode, so readers (status,
+reports, history) never block the daemon's writes. Timestamps are naive UTC,
+except `photos.captured_at`, the camera's local wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from model.errors import QAError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class StoreError(QAError):
+    """The results store cannot be opened, is locked by another daemon, or is from a newer version."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JobStatus(StrEnum):
+    pending = "pending"  # waiting for the processor (again, after a retryable failure)
+    running = "running"  # claimed by a processor; back to pending if that process dies
+    done = "done"  # results stored
+    failed = "failed"  # gave up after watch.max_attempts; the file went to quarantine
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelVersion(Base):
+    """A checkpoint the daemon has run; every result points at the one that produced it."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(String(50))
+    weights_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    card: Mapped[str] = mapped_column(Text, default="{}")  # card.json as written by training
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class Photo(Base):
+    """One photo, identified by the sha256 of its bytes."""
+
+    __tablename__ = "photos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    image_id: Mapped[str] = mapped_column(String(300))  # the stem of its mask files; unique within a site
+    name: Mapped[str] = mapped_column(Text)  # the file name it arrived under
+    path: Mapped[str] = mapped_column(Text)  # where the file is now (watch root, archive or quarantine)
+    site: Mapped[str] = mapped_column(String(200), index=True)
+    location: Mapped[str] = mapped_column(String(200))
+    captured_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    captured_from: Mapped[str] = mapped_column(String(10))  # exif or mtime
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    processing_ms: Mapped[float | None] = mapped_column(Float)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    output_dir: Mapped[str | None] = mapped_column(Text)
+    overlay_path: Mapped[str | None] = mapped_column(Text)
+
+
+class Job(Base):
+    """The queue entry of a photo: what is left to do with it."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(10), index=True, default=JobStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Detection(Base):
+    """What one prompt found in one photo, and its measurements (source pixels; mm where the site has a scale)."""
+
+    __tablename__ = "detections"
+    __table_args__ = (UniqueConstraint("photo_id", "prompt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    task: Mapped[str] = mapped_column(String(20), index=True)
+    prompt: Mapped[str] = mapped_column(String(200))
+    mask_path: Mapped[str] = mapped_column(Text)
+    threshold: Mapped[float] = mapped_column(Float)
+    area_px: Mapped[int] = mapped_column(BigInteger)
+    area_pct: Mapped[float] = mapped_column(Float)
+    components: Mapped[int] = mapped_column(Integer)
+    mean_confidence: Mapped[float | None] = mapped_column(Float)
+    length_px: Mapped[float | None] = mapped_column(Float)  # cracks: skeleton length
+    max_width_px: Mapped[float | None] = mapped_column(Float)  # cracks: widest point
+    length_mm: Mapped[float | None] = mapped_column(Float)
+    max_width_mm: Mapped[float | None] = mapped_column(Float)
+    severity: Mapped[str | None] = mapped_column(String(10), index=True)  # hairline, fine, medium, wide
+    coverage_pct: Mapped[float | None] = mapped_column(Float)  # taping: share of the photo taped
+
+
+class SeenFile(Base):
+    """A file met in a watch root, so rescans skip it without hashing; duplicates are recorded here."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("path", "size", "mtime_ns"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id"), index=True)
+    duplicate: Mapped[bool] = mapped_column(Boolean, default=False)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Failure(Base):
+    """Every failed attempt, with its reason; `final` ones sent the file to quarantine."""
+
+    __tablename__ = "failures"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    path: Mapped[str] = mapped_column(Text)
+    photo_id: Mapped[int | None] = mapped_column(ForeignKey("photos.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(10))  # intake or process
+    error: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    quarantined_to: Mapped[str | None] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class Identified:
+    """A complete photo file and what intake learned of it, ready to be recorded."""
+
+    path: Path
+    sha256: str
+    size: int
+    mtime_ns: int
+    site: str
+    location: str
+    captured_at: datetime
+    captured_from: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Added:
+    photo_id: int
+    kind: str  # new; duplicate (these bytes arrived before under another name); known (this file, seen again)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: int
+    photo_id: int
+    attempts: int  # including this one
+    path: Path
+    image_id: str
+    site: str
+    location: str
+    captured_at: datetime
+    width: int
+    height: int
+
+
+@dataclass
+class DetectionResult:
+    task: str
+    prompt: str
+    mask_path: Path
+    threshold: float
+    measures: dict[str, Any]  # column name -> value, from daemon.measure
+
+
+@dataclass
+class PhotoResult:
+    output_dir: Path
+    overlay_path: Path | None
+    processing_ms: float
+    detections: list[DetectionResult]
+
+
+def redact(url: str) -> str:
+    """The store URL without its password, fit for logs and status output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
+    u = make_url(url)
+    return Path(u.database) if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") else None
+
+
+def _engine(url: str) -> Engine:
+    try:
+        u: URL = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"store.url: {url!r} is not a database URL; use e.g. sqlite:///qa-daemon.sqlite3") from None
+    if u.get_backend_name() == "sqlite":
+        path = sqlite_path(url)
+        if path is not None and not path.parent.is_dir():
+            raise StoreError(f"store.url: folder {path.parent} does not exist; create it or change the URL")
+        engine = create_engine(u, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # every connection: WAL so readers never block the writer
+            conn.isolation_level = None  # transactions are begun below, not by the driver
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            # writers take the write lock up front: a deferred transaction that reads and then writes
+            # fails at once with "database is locked" when another writer got in between
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+        return engine
+    try:
+        return create_engine(u, pool_pre_ping=True)
+    except ImportError as exc:
+        raise StoreError(f"store.url: no driver for {u.drivername} ({exc}); install it") from None
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest version; an existing history is kept and converted."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        try:
+            command.upgrade(cfg, "head")
+        except Exception as exc:  # alembic raises CommandError for a revision it does not know
+            if "Can't locate revision" in str(exc):
+                raise StoreError(f"store {redact(str(engine.url))} was written by a newer qa-daemon; "
+                                 "upgrade qa-daemon or point store.url elsewhere") from None
+            raise
+
+
+class Store:
+    """The results store; thread-safe (one short session per call: `session` writes, `reader` reads)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.url = redact(str(engine.url))
+        self.session = sessionmaker(engine.execution_options(writer=True), expire_on_commit=False)
+        self.reader = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, migrate_schema: bool = True) -> Store:
+        engine = _engine(url)
+        try:
+            if migrate_schema:
+                migrate(engine)
+        except OperationalError as exc:
+            raise StoreError(f"store.url: cannot open {redact(url)} ({exc.orig}); "
+                             "check the URL and permissions") from None
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- models ---------------------------------------------------------------------------------
+    def register_model(self, name: str, path: Path, backend: str, weights_sha256: str, card: dict) -> int:
+        """The id of this checkpoint's version (added when new), made the active one."""
+        with self.session.begin() as s:
+            mv = s.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == weights_sha256))
+            if mv is None:
+                mv = ModelVersion(name=name, path=str(path), backend=backend, weights_sha256=weights_sha256,
+                                  card=json.dumps(card, default=str))
+                s.add(mv)
+                s.flush()
+            s.execute(update(ModelVersion).where(ModelVersion.id != mv.id).values(active=False))
+            mv.active = True
+            return mv.id
+
+    def active_model(self) -> str | None:
+        with self.reader() as s:
+            return s.scalar(select(ModelVersion.name).where(ModelVersion.active))
+
+    # --- intake ---------------------------------------------------------------------------------
+    def known_files(self) -> set[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file already taken; a rescan skips these without reading them."""
+        with self.reader() as s:
+            return {tuple(r) for r in s.execute(select(SeenFile.path, SeenFile.size, SeenFile.mtime_ns))}
+
+    def add_photo(self, f: Identified) -> Added:
+        """Record a new photo with its pending job, or a duplicate of a known one; one transaction."""
+        for _ in range(3):  # a concurrent insert of the same bytes (another daemon) is a duplicate
+            try:
+                return self._add_photo(f)
+            except IntegrityError:
+                continue
+        raise StoreError(f"{f.path}: could not be recorded (repeated conflicts); it will be retried")
+
+    def _add_photo(self, f: Identified) -> Added:
+        key = dict(path=str(f.path), size=f.size, mtime_ns=f.mtime_ns)
+        with self.session.begin() as s:
+            seen = s.scalar(select(SeenFile).filter_by(**key))
+            if seen is not None:  # a second event for a file already taken
+                return Added(seen.photo_id, "known")
+            first = s.scalar(select(Photo).where(Photo.sha256 == f.sha256))
+            if first is not None:
+                job = s.scalar(select(Job).where(Job.photo_id == first.id))
+                if job.status == JobStatus.failed:  # given up on before: dropping it again retries it
+                    job.status, job.attempts, job.next_attempt_at, job.updated_at = (
+                        JobStatus.pending, 0, utcnow(), utcnow())
+                    first.path = str(f.path)
+                    s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id))
+                    return Added(first.id, "new")
+                # the same bytes at a path already seen (a touched file) are that file again, not a new copy
+                before = s.scalar(select(SeenFile).where(SeenFile.photo_id == first.id, SeenFile.path == str(f.path))
+                                  .order_by(SeenFile.id.desc()).limit(1))
+                if before is not None:
+                    s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id, duplicate=before.duplicate))
+                    return Added(first.id, "known")
+                s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id, duplicate=True))
+                return Added(first.id, "duplicate")
+            stem = f.path.stem
+            taken = s.scalar(select(func.count()).select_from(Photo).where(Photo.site == f.site,
+                                                                              Photo.image_id == stem))
+            photo = Photo(sha256=f.sha256, image_id=f"{stem}-{f.sha256[:8]}" if taken else stem, name=f.path.name,
+                          path=str(f.path), site=f.site, location=f.location, captured_at=f.captured_at,
+                          captured_from=f.captured_from, width=f.width, height=f.height, bytes=f.size)
+            s.add(photo)
+            s.flush()
+            s.add(Job(photo_id=photo.id))
+            s.add(SeenFile(**key, sha256=f.sha256, photo_id=photo.id))
+            return Added(photo.id, "new")
+
+    def record_failure(self, path: Path, stage: str, error: str, attempt: int, final: bool,
+                       quarantined_to: Path | None = None, photo_id: int | None = None) -> None:
+        with self.session.begin() as s:
+            s.add(Failure(path=str(path), stage=stage, error=error, attempt=attempt, final=final,
+                          quarantined_to=str(quarantined_to) if quarantined_to else None, photo_id=photo_id))
+
+    # --- the queue ------------------------------------------------------------------------------
+    def recover(self, max_attempts: int) -> tuple[int, list[Claimed]]:
+        """Put jobs left running by a crashed daemon back to pending: (how many, the jobs that were in
+        hand `max_attempts` times already, left running for the caller to give up on: they may be what
+        crashes the process)."""
+        with self.session.begin() as s:
+            exhausted = [self._claimed(job, photo) for job, photo in s.execute(
+                select(Job, Photo).join(Photo, Photo.id == Job.photo_id)
+                .where(Job.status == JobStatus.running, Job.attempts >= max_attempts))]
+            n = s.execute(update(Job).where(Job.status == JobStatus.running, Job.attempts < max_attempts)
+                          .values(status=JobStatus.pending, worker=None, updated_at=utcnow())).rowcount
+            return n, exhausted
+
+    @staticmethod
+    def _claimed(job: Job, photo: Photo) -> Claimed:
+        return Claimed(job.id, photo.id, job.attempts, Path(photo.path), photo.image_id, photo.site,
+                       photo.location, photo.captured_at, photo.width, photo.height)
+
+    def claim(self, batch_size: int, worker: str) -> list[Claimed]:
+        """Up to `batch_size` due pending jobs, oldest first, marked running for `worker`."""
+        now = utcnow()
+        with self.session.begin() as s:
+            rows = s.execute(
+                select(Job, Photo).join(Photo, Photo.id == Job.photo_id)
+                .where(Job.status == JobStatus.pending, Job.next_attempt_at <= now)
+                .order_by(Job.id).limit(batch_size).with_for_update(skip_locked=True)).all()
+            claimed = []
+            for job, photo in rows:
+                job.status, job.worker, job.claimed_at, job.updated_at = JobStatus.running, worker, now, now
+                job.attempts += 1
+                claimed.append(self._claimed(job, photo))
+            return claimed
+
+    def next_due(self) -> datetime | None:
+        """When the earliest pending job becomes due."""
+        with self.reader() as s:
+            return s.scalar(select(func.min(Job.next_attempt_at)).where(Job.status == JobStatus.pending))
+
+    def complete(self, job: Claimed, result: PhotoResult, model_version_id: int) -> None:
+        """Store a photo's detections and mark its job done, in one transaction."""
+        with self.session.begin() as s:
+            s.execute(Detection.__table__.delete().where(Detection.photo_id == job.photo_id))
+            for d in result.detections:
+                s.add(Detection(photo_id=job.photo_id, model_version_id=model_version_id, task=d.task, prompt=d.prompt,
+                                mask_path=str(d.mask_path), threshold=d.threshold, **d.measures))
+            s.execute(update(Photo).where(Photo.id == job.photo_id).values(
+                processed_at=utcnow(), processing_ms=result.processing_ms, model_version_id=model_version_id,
+                output_dir=str(result.output_dir),
+                overlay_path=str(result.overlay_path) if result.overlay_path else None))
+            s.execute(update(Job).where(Job.id == job.job_id).values(
+                status=JobStatus.done, last_error=None, updated_at=utcnow()))
+
+    def retry_later(self, job: Claimed, error: str, delay_s: float, count: bool = True) -> None:
+        """Back to pending after `delay_s`; `count=False` when the trouble was not the photo's (a missing
+        share, a full disk), so it does not use up the photo's attempts."""
+        with self.session.begin() as s:
+            s.execute(update(Job).where(Job.id == job.job_id).values(
+                status=JobStatus.pending, worker=None, last_error=error, updated_at=utcnow(),
+                attempts=job.attempts if count else job.attempts - 1,
+                next_attempt_at=utcnow() + timedelta(seconds=delay_s)))
+            s.add(Failure(path=str(job.path), stage="process", error=error, attempt=job.attempts,
+                          photo_id=job.photo_id))
+
+    def give_up(self, job: Claimed, error: str, quarantined_to: Path | None) -> None:
+        """The job failed for the last time; the file was moved to `quarantined_to`."""
+        with self.session.begin() as s:
+            s.execute(update(Job).where(Job.id == job.job_id).values(
+                status=JobStatus.failed, worker=None, last_error=error, updated_at=utcnow()))
+            if quarantined_to is not None:
+                s.execute(update(Photo).where(Photo.id == job.photo_id).values(path=str(quarantined_to)))
+            s.add(Failure(path=str(job.path), stage="process", error=error, attempt=job.attempts, final=True,
+                          photo_id=job.photo_id, quarantined_to=str(quarantined_to) if quarantined_to else None))
+
+    def moved(self, photo_id: int, path: Path) -> None:
+        """The photo's file now lives at `path` (archived)."""
+        with self.session.begin() as s:
+            s.execute(update(Photo).where(Photo.id == photo_id).values(path=str(path)))
+
+    def done_photos_under(self, folder: Path) -> list[tuple[int, Path]]:
+        """Done photos whose file still sits under `folder` (to finish an archive move cut short)."""
+        with self.reader() as s:
+            rows = s.execute(select(Photo.id, Photo.path).join(Job, Job.photo_id == Photo.id)
+                             .where(Job.status == JobStatus.done, Photo.path.startswith(str(folder) + os.sep)))
+            return [(i, Path(p)) for i, p in rows]
+
+    # --- reading --------------------------------------------------------------------------------
+    def counts(self, today_start_utc: datetime) -> dict[str, int]:
+        with self.reader() as s:
+            by_status = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            return {
+                "processed": by_status.get(JobStatus.done, 0),
+                "pending": by_status.get(JobStatus.pending, 0) + by_status.get(JobStatus.running, 0),
+                "failed": by_status.get(JobStatus.failed, 0) + (s.scalar(
+                    select(func.count()).select_from(Failure)
+                    .where(Failure.final, Failure.photo_id.is_(None))) or 0),
+                "duplicates": s.scalar(select(func.count(SeenFile.path.distinct())).where(SeenFile.duplicate)) or 0,
+                "processed_today": s.scalar(select(func.count()).select_from(Photo)
+                                            .where(Photo.processed_at >= today_start_utc)) or 0,
+            }
+
+    def recent_failures(self, limit: int = 10) -> list[Failure]:
+        with self.reader() as s:
+            return list(s.scalars(select(Failure).where(Failure.final).order_by(Failure.id.desc()).limit(limit)))
+
+
+class StoreLock:
+    """Keeps a second daemon off a SQLite store: an OS file lock beside the database, freed if the holder dies."""
+
+    def __init__(self, url: str):
+        path = sqlite_path(url)
+        self.path = path.with_name(path.name + ".lock") if path else None
+        self._lock = FileLock(str(self.path)) if self.path else None
+
+    def acquire(self) -> None:
+        if self._lock is None:
+            return
+        try:
+            self._lock.acquire(timeout=2)  # `status` takes the lock for an instant to see whether it is held
+        except Timeout:
+            raise StoreError(f"{self.path}: another qa-daemon is running on this store; stop it first, "
+                             "or give this one its own store.url") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the store lock ({exc}); check the folder's permissions") \
+                from None
+
+    def release(self) -> None:
+        if self._lock is not None and self._lock.is_locked:
+            self._lock.release()
+
+    def held_elsewhere(self) -> bool:
+        """True when some daemon holds the lock right now."""
+        if self._lock is None or not self.path.exists():
+            return False
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:
+            return False
+        self._lock.release()
+        return False
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,193 @@
+"""The results store: migrations, the durable queue, exactly-once bookkeeping, and the one-daemon lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from daemon.store import (
+    Base,
+    DetectionResult,
+    Identified,
+    PhotoResult,
+    Store,
+    StoreError,
+    StoreLock,
+    migrate,
+    redact,
+)
+
+
+def identified(path: Path, sha: str, site: str = "tower-a", mtime_ns: int = 1) -> Identified:
+    return Identified(path=path, sha256=sha * 64 if len(sha) == 1 else sha, size=100, mtime_ns=mtime_ns, site=site,
+                      location="L3", captured_at=datetime(2026, 11, 24, 9, 30), captured_from="exif",
+                      width=640, height=480)
+
+
+def result(tmp_path: Path) -> PhotoResult:
+    measures = {"area_px": 10, "area_pct": 1.0, "components": 1, "mean_confidence": 0.9}
+    return PhotoResult(tmp_path, None, 12.0, [DetectionResult("crack", "segment crack", tmp_path / "m.png", 0.5,
+                                                              measures)])
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
+    yield s
+    s.close()
+
+
+def test_migrations_build_exactly_the_schema_the_code_uses(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_history_survives_reopening_and_repeated_migration(tmp_path):
+    url = f"sqlite:///{tmp_path / 'qa.sqlite3'}"
+    first = Store.open(url)
+    first.add_photo(identified(tmp_path / "a.jpg", "a"))
+    first.close()
+    again = Store.open(url)  # migrates again: a no-op on an up-to-date store
+    migrate(again.engine)
+    assert again.counts(datetime(2000, 1, 1))["pending"] == 1
+    again.close()
+
+
+def test_sqlite_store_runs_in_wal_mode_with_foreign_keys(store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_a_photo_is_pending_until_its_results_commit_and_then_done_once(store, tmp_path):
+    added = store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    assert added.kind == "new"
+    mv = store.register_model("tiny", tmp_path, "compact", "f" * 64, {})
+    [job] = store.claim(8, "test")
+    assert store.claim(8, "test") == []  # running jobs are not handed out twice
+    store.complete(job, result(tmp_path), mv)
+    counts = store.counts(datetime(2000, 1, 1))
+    assert (counts["processed"], counts["pending"]) == (1, 0)
+
+
+def test_jobs_left_running_by_a_crash_are_queued_again(store, tmp_path):
+    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.claim(8, "crashed")
+    assert store.recover(max_attempts=3) == (1, [])
+    assert len(store.claim(8, "restarted")) == 1
+
+
+def test_same_bytes_under_another_name_are_a_duplicate_and_the_same_file_again_is_not(store, tmp_path):
+    first = store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    assert store.add_photo(identified(tmp_path / "a.jpg", "a")).kind == "known"  # second event, same file
+    assert store.add_photo(identified(tmp_path / "a.jpg", "a", mtime_ns=2)).kind == "known"  # touched
+    dup = store.add_photo(identified(tmp_path / "copy of a.jpg", "a"))
+    assert (dup.kind, dup.photo_id) == ("duplicate", first.photo_id)
+    counts = store.counts(datetime(2000, 1, 1))
+    assert (counts["pending"], counts["duplicates"]) == (1, 1)
+    assert len(store.claim(8, "w")) == 1
+
+
+def test_photos_with_the_same_name_at_one_site_get_distinct_image_ids(store, tmp_path):
+    store.add_photo(identified(tmp_path / "d1" / "IMG_1.jpg", "a"))
+    store.add_photo(identified(tmp_path / "d2" / "IMG_1.jpg", "b"))
+    store.add_photo(identified(tmp_path / "d3" / "IMG_1.jpg", "c", site="other"))
+    ids = sorted(j.image_id for j in store.claim(8, "w"))
+    assert ids == ["IMG_1", "IMG_1", f"IMG_1-{'b' * 8}"]
+
+
+def test_failed_attempts_back_off_then_give_up(store, tmp_path):
+    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    [job] = store.claim(8, "w")
+    store.retry_later(job, "boom", delay_s=60)
+    assert store.claim(8, "w") == []  # not due yet
+    store.give_up(job, "boom", tmp_path / "quarantine" / "a.jpg")
+    assert store.counts(datetime(2000, 1, 1))["failed"] == 1
+    assert store.recent_failures()[0].quarantined_to.endswith("a.jpg")
+
+
+def test_readers_never_block_the_daemons_writes(store, tmp_path):
+    reader = sqlite3.connect(store.engine.url.database)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM photos").fetchall()  # a report holding a read transaction open
+    start = time.perf_counter()
+    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    assert time.perf_counter() - start < 2
+    reader.rollback()
+    reader.close()
+
+
+def test_concurrent_writers_in_one_daemon_never_see_database_is_locked(store, tmp_path):
+    errors = []
+
+    def add(i: int) -> None:
+        try:
+            for k in range(20):
+                store.add_photo(identified(tmp_path / f"{i}-{k}.jpg", f"{i:02d}{k:02d}" + "0" * 60))
+                store.claim(1, f"w{i}")
+        except Exception as exc:  # noqa: BLE001 - collected for the assert
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_a_second_daemon_on_the_same_store_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'qa.sqlite3'}"
+    first, second = StoreLock(url), StoreLock(url)
+    first.acquire()
+    try:
+        assert second.held_elsewhere()
+        with pytest.raises(StoreError, match="another qa-daemon is running on this store"):
+            second.acquire()
+    finally:
+        first.release()
+    assert not second.held_elsewhere()
+
+
+def test_store_url_password_is_hidden():
+    assert "secret" not in redact("postgresql://qa:secret@db.example/qa")
+
+
+def test_store_in_a_missing_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(f"sqlite:///{tmp_path / 'nope' / 'qa.sqlite3'}")
+
+
+def test_a_photo_given_up_on_is_retried_when_dropped_in_again(store, tmp_path):
+    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    [job] = store.claim(8, "w")
+    store.give_up(job, "boom", tmp_path / "quarantine" / "a.jpg")
+    again = store.add_photo(identified(tmp_path / "again" / "a.jpg", "a"))
+    assert again.kind == "new"
+    [retry] = store.claim(8, "w")
+    assert (retry.photo_id, retry.attempts, retry.path) == (job.photo_id, 1, tmp_path / "again" / "a.jpg")
+
+
+def test_a_photo_in_hand_at_every_crash_is_handed_back_for_quarantine_not_requeued(store, tmp_path):
+    store.add_photo(identified(tmp_path / "poison.jpg", "a"))
+    store.add_photo(identified(tmp_path / "fine.jpg", "b"))
+    for _ in range(2):  # two daemons died while processing both
+        assert len(store.claim(8, "w")) in (1, 2)
+        requeued, exhausted = store.recover(max_attempts=2)
+    assert requeued == 0 and sorted(j.path.name for j in exhausted) == ["fine.jpg", "poison.jpg"]
+
+
+def test_touching_a_duplicate_does_not_count_it_again(store, tmp_path):
+    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.add_photo(identified(tmp_path / "copy.jpg", "a"))
+    assert store.add_photo(identified(tmp_path / "copy.jpg", "a", mtime_ns=5)).kind == "known"
+    assert store.counts(datetime(2000, 1, 1))["duplicates"] == 1
