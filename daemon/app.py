@@ -8,34 +8,34 @@ Threads, each taking the config and the one stop event:
     intake     settled files: checks, sha256         -> photos + pending jobs in the store  (daemon/intake.py)
     processor  pending jobs: segment, measure        -> detections + done, one transaction  (daemon/process.py)
     heartbeat  one status line every watch.heartbeat_s
+    scheduler  APScheduler: reports, retrain check, clean-up (daemon/schedule.py)
 
 The queue is the store's `jobs` table, so it survives any crash: at start, jobs left
 running go back to pending, and the first rescan finds files that arrived (or were
 not yet recorded) while the daemon was down. `start()` goes lock, store, model,
-processor, intake, watcher, heartbeat; `stop()` undoes that in reverse, letting the
+processor, intake, watcher, heartbeat, scheduler; `stop()` undoes that in reverse, letting the
 processor finish the batch in hand. Signals only set the stop event.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from daemon.config import TASKS, Config, ConfigError
+from daemon.config import Config, ConfigError
 from daemon.intake import IntakeWorker, Settler
 from daemon.paths import present
-from daemon.process import Processor
-from daemon.store import Store, StoreError, StoreLock, redact, sqlite_path
+from daemon.process import Processor, warm_up
+from daemon.schedule import Scheduler
+from daemon.store import Store, StoreLock, redact
 from daemon.watcher import Watcher
-from model.segmenter import WEIGHTS, load_checkpoint
+from model.segmenter import load_checkpoint, read_card, weights_sha256
 
 log = logging.getLogger("qa-daemon")
 
@@ -81,6 +81,7 @@ class App:
         self.store: Store | None = None
         self.threads: list[threading.Thread] = []
         self.watcher: Watcher | None = None
+        self.scheduler: Scheduler | None = None
 
     def start(self) -> None:
         config = self.config
@@ -93,16 +94,17 @@ class App:
         requeued, exhausted = self.store.recover(config.watch.max_attempts)
         if requeued:
             log.info("%d photos left in progress by an earlier run are queued again", requeued)
-        model, card = load_checkpoint(config.model.checkpoint, config.model.device)
-        prompts = [config.prompts.for_task(t).canonical for t in TASKS]
-        model.predict([np.zeros((model.input_size, model.input_size, 3), np.uint8)], prompts)  # warm up once
-        with open(config.model.checkpoint / WEIGHTS, "rb") as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
-        version = self.store.register_model(config.model.checkpoint.name, config.model.checkpoint, card.backend,
-                                            sha, asdict(card))
+        card = read_card(config.model.checkpoint)
+        version = self.store.startup_model(config.model.checkpoint, card.backend,
+                                           weights_sha256(config.model.checkpoint), asdict(card))
+        if Path(version.path) != config.model.checkpoint:
+            log.info("model version %s was promoted since %s; running it (`qa-daemon model list`)",
+                     version.name, config.model.checkpoint)
+        model, card = load_checkpoint(Path(version.path), config.model.device)
+        warm_up(model, config)
         settler = Settler(config.watch.settle_s, config.watch.retry_backoff_s, config.watch.max_attempts,
                           config.watch.incomplete_after_s)
-        processor = Processor(config, self.stop_event, self.store, model, version, self.work_ready, roots)
+        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots)
         for job in exhausted:  # in hand at every one of its attempts: it may be what stops the daemon
             processor.failed(job, f"the daemon stopped {job.attempts} times while processing this photo", final=True)
         if config.outputs.archive is not None:  # finish archive moves cut short by a crash
@@ -116,12 +118,16 @@ class App:
         self.threads = [processor, intake, self.watcher, heartbeat]
         for t in self.threads:
             t.start()
+        self.scheduler = Scheduler(config, self.store)
+        self.scheduler.start()
         log.info("qa-daemon started: model %s (%s, input %d, %s), watching %s (%s), store %s, outputs %s",
-                 config.model.checkpoint.name, card.backend, model.input_size, model.device,
+                 version.name, card.backend, model.input_size, model.device,
                  ", ".join(map(str, roots)), "polling" if config.watch.polling else "events",
                  redact(config.store.url), config.outputs.dir)
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.stop_event.set()
         self.work_ready.set()
         if self.watcher is not None:
@@ -157,11 +163,7 @@ class App:
 
 def status(config: Config) -> dict[str, Any]:
     """The daemon's state as `qa-daemon status --json` prints it."""
-    path = sqlite_path(config.store.url)
-    if path is not None and not path.exists():
-        raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
-                         "start the daemon with `qa-daemon run`, or pass --store")
-    store = Store.open(config.store.url, migrate_schema=False)
+    store = Store.open_existing(config.store.url)
     try:
         counts = store.counts(today_start_utc())
         failures = [{"at": f.at.isoformat(timespec="seconds"), "path": f.path, "stage": f.stage, "error": f.error,

@@ -7,6 +7,7 @@ the edge, and nowhere else.
 from __future__ import annotations
 
 import sys
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -25,14 +26,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-
-class NotAvailable(QAError):
-    """A command whose issue has not landed yet."""
-
-
-def _not_yet(command: str, issue: int, what: str) -> None:
-    raise NotAvailable(f"`qa-daemon {command}` is not available yet: {what} arrives with issue #{issue}")
 
 
 @app.callback()
@@ -345,44 +338,213 @@ def run(
 
 
 @app.command()
-def retrain(ctx: typer.Context) -> None:
-    """Retrain from the active model with newly labeled data; promote only if not worse.
+def retrain(
+    ctx: typer.Context,
+    steps: Annotated[int | None, typer.Option(help="Fine-tuning steps [config retrain.steps].")] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    request: Annotated[int | None, typer.Option(help="The retrain request this run answers (set by the daemon).",
+                                                hidden=True)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Retrain from the active model with the base datasets plus the labeled inbox; promote only if not worse.
 
-    Example: qa-daemon retrain
+    Candidate and active model are scored on the same validation split; the candidate is promoted
+    when no task's mIoU drops by more than retrain.max_regression. Every version stays in the
+    store (`qa-daemon model list`); a running daemon switches to a promoted one between batches.
+
+    Example: qa-daemon retrain --steps 400
     """
-    _not_yet("retrain", 6, "retraining")
+    import logging
+
+    from daemon.retrain import retrain as run_retrain
+    from daemon.store import Store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", force=True)
+    config = _with_store(_config(ctx), store)
+    st = Store.open(config.store.url)
+    try:
+        outcome = run_retrain(config, st, steps=steps, request=request, progress=not quiet)
+    finally:
+        st.close()
+    table = Table(title=f"candidate {outcome.candidate.parent.name}: "
+                        f"{'promoted' if outcome.promoted else 'not promoted'}")
+    for col in ("task", "candidate mIoU", "active mIoU"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, sc in outcome.scores.items():
+        table.add_row(task, f"{sc['candidate']:.3f}", f"{sc['active']:.3f}")
+    out.print(table)
+    out.print(outcome.reason)
+
+
+def _day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{option} {value}: not a day; write YYYY-MM-DD, e.g. {option} 2026-11-24") from None
+
+
+def _open_store(config: Config):
+    from daemon.store import Store
+
+    return Store.open_existing(config.store.url)
 
 
 @app.command()
 def report(
     ctx: typer.Context,
-    date: Annotated[str | None, typer.Option(help="Day to report, YYYY-MM-DD [today].")] = None,
+    day: Annotated[str | None, typer.Option("--date", help="Day to report, YYYY-MM-DD [today].")] = None,
     site: Annotated[str | None, typer.Option(help="Only this site.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder [config schedule.reports_dir].")] = None,
     self_contained: Annotated[bool, typer.Option(help="Inline thumbnails so the file can be mailed.")] = False,
+    weekly: Annotated[bool, typer.Option(help="The week (Monday to Sunday) that holds --date.")] = False,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
 ) -> None:
-    """Render the HTML QA report for a day.
+    """Render the HTML QA report of a day (photos by capture day), and the index of all reports.
 
     Example: qa-daemon report --date 2026-11-24 --site tower-a --self-contained
     """
-    _not_yet("report", 6, "HTML reports")
+    from datetime import timedelta
+
+    from daemon.schedule import render
+
+    config = _with_store(_config(ctx), store)
+    start = _day(day, "--date") or date.today()
+    end = start
+    if weekly:
+        start = start - timedelta(days=start.weekday())
+        end = start + timedelta(days=6)
+    st = _open_store(config)
+    try:
+        path = render(config, st, "weekly" if weekly else "daily", start, end, site=site, out_dir=out_dir,
+                      self_contained=self_contained)
+    finally:
+        st.close()
+    out.print(f"report: {path}")
 
 
 @app.command()
 def history(
     ctx: typer.Context,
     site: Annotated[str | None, typer.Option(help="Only this site.")] = None,
-    since: Annotated[str | None, typer.Option(help="From this day, YYYY-MM-DD.")] = None,
-    until: Annotated[str | None, typer.Option(help="Up to this day, YYYY-MM-DD.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this capture day, YYYY-MM-DD.")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this capture day, YYYY-MM-DD.")] = None,
     group_by: Annotated[GroupBy, typer.Option(help="Row per day, week or month.")] = GroupBy.day,
-    prompt: Annotated[str | None, typer.Option(help="Only this prompt.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Only this prompt's figures (or a synonym).")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
 ) -> None:
-    """Trend rows from the results store: photos, share with defects, crack length, severity.
+    """Trend rows from the results store: photos, share with cracks, mean crack %, crack length, severity.
+
+    Rows are per period and site, by capture day. The same figures are in the SQL view
+    daily_site_summary for any SQL tool (README: "Querying the history").
 
     Example: qa-daemon history --site tower-a --group-by week --format csv
     """
-    _not_yet("history", 6, "trend history")
+    import csv
+    import json
+
+    from daemon.summary import history as trend_rows
+
+    config = _with_store(_config(ctx), store)
+    task = None
+    if prompt is not None:
+        task = config.task_of_prompt(prompt)
+        if task is None:
+            known = ", ".join(config.prompts.canonical.values())
+            raise ConfigError(f"--prompt {prompt!r}: not a configured prompt or synonym; use one of {known}")
+    st = _open_store(config)
+    try:
+        rows = trend_rows(st, site, _day(since, "--since"), _day(until, "--until"), group_by.value, task)
+    finally:
+        st.close()
+    columns = list(rows[0]) if rows else ["period", "site", "photos"]
+    if fmt == Format.json:
+        print(json.dumps(rows))
+    elif fmt == Format.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(title=f"history by {group_by.value}" + (f", site {site}" if site else ""))
+        for col in columns:
+            table.add_column(col.replace("_", " "), justify="left" if col in ("period", "site") else "right")
+        for r in rows:
+            table.add_row(*["—" if r[c] is None else f"{r[c]:g}" if isinstance(r[c], float) else str(r[c])
+                            for c in columns])
+        out.print(table)
+
+
+model_app = typer.Typer(help="The model versions in the store: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("list")
+def model_list(
+    ctx: typer.Context,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every model version the store knows, with its status and validation metrics.
+
+    Example: qa-daemon model list
+    """
+    import json
+
+    st = _open_store(_with_store(_config(ctx), store))
+    try:
+        versions = st.versions()
+    finally:
+        st.close()
+    rows = [{"id": v.id, "name": v.name, "status": v.status, "active": v.active, "backend": v.backend,
+             "registered": v.registered_at.isoformat(timespec="seconds"),
+             "promoted": v.promoted_at.isoformat(timespec="seconds") if v.promoted_at else None,
+             "metrics": json.loads(v.metrics or "{}"), "path": v.path} for v in versions]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="model versions")
+    for col in ("id", "name", "status", "registered", "promoted", "mIoU", "path"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["name"], r["status"] + (" *" if r["active"] else ""), r["registered"],
+                      r["promoted"] or "", " ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()), r["path"])
+    out.print(table)
+
+
+@model_app.command("promote")
+def model_promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Version id or name (see `qa-daemon model list`).")],
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+) -> None:
+    """Make a version the active one; a running daemon switches to it between batches.
+
+    Example: qa-daemon model promote 3
+    """
+    _change_active(ctx, store, lambda st: st.promote(version))
+
+
+@model_app.command("rollback")
+def model_rollback(
+    ctx: typer.Context,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+) -> None:
+    """Make the version promoted before the active one active again.
+
+    Example: qa-daemon model rollback
+    """
+    _change_active(ctx, store, lambda st: st.rollback())
+
+
+def _change_active(ctx: typer.Context, store: str | None, change) -> None:
+    st = _open_store(_with_store(_config(ctx), store))
+    try:
+        mv = change(st)
+    finally:
+        st.close()
+    out.print(f"active model: {mv.name} (version {mv.id})")
 
 
 @app.command()

@@ -142,6 +142,57 @@ class ScheduleConfig(Section):
     retention_days: int | None = Field(90, ge=1, description="Delete overlays and masks older than this.")
     retention_max_gb: float | None = Field(None, gt=0, description="Disk budget for outputs.")
     reports_dir: Path = Field(Path("reports/out"), description="Where HTML reports are written.")
+    retention_at: str = Field("03:30", description="HH:MM of the daily clean-up of old outputs.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, v: str) -> str:
+        if v != "local":
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Berlin, or local") from None
+        return v
+
+    @field_validator("daily_report", "retention_at")
+    @classmethod
+    def _check_time(cls, v: str | None) -> str | None:
+        if v is not None:
+            clock(v)
+        return v
+
+    @field_validator("weekly_summary")
+    @classmethod
+    def _check_weekly(cls, v: str | None) -> str | None:
+        if v is not None:
+            day, _, at = v.partition(" ")
+            if day.lower() not in WEEKDAYS:
+                raise ValueError(f"expected 'dow HH:MM' with dow one of {', '.join(WEEKDAYS)}; got {v!r}")
+            clock(at)
+        return v
+
+    def zone(self):
+        """The tzinfo cron times are read in."""
+        if self.timezone == "local":
+            from tzlocal import get_localzone
+            return get_localzone()
+        from zoneinfo import ZoneInfo
+        return ZoneInfo(self.timezone)
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def clock(text: str) -> tuple[int, int, int]:
+    """(hour, minute, second) of 'HH:MM' or 'HH:MM:SS'."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+        if len(parts) not in (2, 3) or not (0 <= parts[0] < 24 and 0 <= parts[1] < 60 and 0 <= parts[-1] < 60):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"expected a time of day HH:MM (or HH:MM:SS); got {text!r}") from None
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else 0
 
 
 class RetrainConfig(Section):
@@ -149,6 +200,10 @@ class RetrainConfig(Section):
     min_new_images: int = Field(50, ge=1)
     auto: bool = Field(False, description="Start `qa-daemon retrain` by itself when enough arrived.")
     max_regression: float = Field(0.02, ge=0, le=1, description="Largest mIoU drop a candidate may show.")
+    steps: int = Field(400, ge=1, description="Fine-tuning steps of a retrain.")
+    lr: float = Field(1e-4, gt=0, description="Learning rate of a retrain (lower than from scratch).")
+    max_val_images: int | None = Field(None, ge=1, description="Score on at most this many images per task.")
+    models_dir: Path = Field(Path("models"), description="Where retrained model versions are kept.")
 
 
 class SiteConfig(Section):

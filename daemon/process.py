@@ -36,8 +36,9 @@ from daemon.config import TASKS, Config
 from daemon.measure import measure
 from daemon.paths import move_into, present, quarantine, safe_part
 from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
+from model.errors import QAError
 from model.masks import binary_mask, mask_name, overlay, write_png
-from model.segmenter import Segmenter
+from model.segmenter import Segmenter, load_checkpoint
 
 log = logging.getLogger("qa-daemon")
 
@@ -66,6 +67,12 @@ def decode(path: Path, side: int) -> Decoded:
     return Decoded(np.ascontiguousarray(rgb), size, (time.perf_counter() - start) * 1000)
 
 
+def warm_up(model: Segmenter, config: Config) -> None:
+    """One pass before the first photo, so the first photo's time is not the runtime's set-up."""
+    prompts = [config.prompts.for_task(t).canonical for t in TASKS]
+    model.predict([np.zeros((model.input_size, model.input_size, 3), np.uint8)], prompts)
+
+
 class Processor(threading.Thread):
     """Claims queued photos in batches and processes them; the only thread that runs the model."""
 
@@ -80,10 +87,12 @@ class Processor(threading.Thread):
         self.worker = worker_name()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="photo")  # cv2 and Pillow free the GIL
         self.processed = 0
+        self.checked_model_at, self.refused_version = 0.0, None
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
+                self.follow_promotions()
                 jobs = self.store.claim(self.batch_size, self.worker)
             except SQLAlchemyError as exc:
                 log.warning("store not available (%s); trying again", exc)
@@ -100,6 +109,25 @@ class Processor(threading.Thread):
                 self.work_ready.wait(timeout=1.0)
                 self.work_ready.clear()
         self.pool.shutdown(wait=True)
+
+    def follow_promotions(self, every_s: float = 2.0) -> None:
+        """Switch to the store's active model version when another was promoted; between batches, so every
+        result records the version that produced it. A version that cannot be loaded leaves the old one."""
+        if time.monotonic() - self.checked_model_at < every_s:
+            return
+        self.checked_model_at = time.monotonic()
+        active = self.store.active_version()
+        if active is None or active.id in (self.model_version_id, self.refused_version):
+            return
+        try:
+            model, _ = load_checkpoint(Path(active.path), self.model.device)
+            warm_up(model, self.config)
+        except (QAError, OSError, RuntimeError) as exc:
+            self.refused_version = active.id
+            log.error("model version %s cannot be loaded (%s); keeping the current model", active.name, exc)
+            return
+        self.model, self.model_version_id, self.side = model, active.id, 2 * model.input_size
+        log.info("switched to model version %s (%s)", active.name, active.path)
 
     def process(self, jobs: list[Claimed]) -> None:
         decoded = self.pool.map(lambda j: (j, self._attempt(j, lambda: self._decode(j))), jobs)

@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from model.errors import QAError
 
@@ -81,6 +81,9 @@ class ModelVersion(Base):
     card: Mapped[str] = mapped_column(Text, default="{}")  # card.json as written by training
     registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    status: Mapped[str] = mapped_column(String(10), default="active")  # active, retired, candidate, rejected
+    metrics: Mapped[str] = mapped_column(Text, default="{}")  # validation mIoU/Dice per task, from retrain
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Photo(Base):
@@ -174,6 +177,44 @@ class Failure(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     final: Mapped[bool] = mapped_column(Boolean, default=False)
     quarantined_to: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleRun(Base):
+    """One run of a scheduled job for one slot (a day, a week, an interval): claimed once, whoever claims it."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("job", "slot"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(50))
+    slot: Mapped[str] = mapped_column(String(50))
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class LabeledImage(Base):
+    """A labeled photo found in the retrain inbox."""
+
+    __tablename__ = "labeled_images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class RetrainRequest(Base):
+    """A retrain the check job asked for, and what became of it."""
+
+    __tablename__ = "retrain_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    new_images: Mapped[int] = mapped_column(Integer)
+    base_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # requested, running, promoted, rejected or failed
+    status: Mapped[str] = mapped_column(String(10), default="requested")
+    candidate_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 @dataclass(frozen=True)
@@ -315,26 +356,164 @@ class Store:
                              "check the URL and permissions") from None
         return cls(engine)
 
+    @classmethod
+    def open_existing(cls, url: str) -> Store:
+        """A store for reading (status, reports, history); a clear error when none was written yet."""
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
+                             "start the daemon with `qa-daemon run`, or pass --store")
+        return cls.open(url, migrate_schema=False)
+
     def close(self) -> None:
         self.engine.dispose()
 
     # --- models ---------------------------------------------------------------------------------
-    def register_model(self, name: str, path: Path, backend: str, weights_sha256: str, card: dict) -> int:
-        """The id of this checkpoint's version (added when new), made the active one."""
+    def register_model(self, name: str, path: Path, backend: str, weights_sha256: str, card: dict,
+                       metrics: dict | None = None, activate: bool = True) -> int:
+        """The id of this checkpoint's version, added when new; made the active one with `activate`."""
         with self.session.begin() as s:
-            mv = s.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == weights_sha256))
-            if mv is None:
-                mv = ModelVersion(name=name, path=str(path), backend=backend, weights_sha256=weights_sha256,
-                                  card=json.dumps(card, default=str))
-                s.add(mv)
-                s.flush()
-            s.execute(update(ModelVersion).where(ModelVersion.id != mv.id).values(active=False))
-            mv.active = True
+            mv = self._register(s, name, path, backend, weights_sha256, card, metrics)
+            if activate:
+                self._activate(s, mv)
             return mv.id
 
-    def active_model(self) -> str | None:
+    @staticmethod
+    def _register(s: Session, name: str, path: Path, backend: str, weights_sha256: str, card: dict,
+                  metrics: dict | None = None) -> ModelVersion:
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == weights_sha256))
+        if mv is None:
+            mv = ModelVersion(name=name, path=str(path), backend=backend, weights_sha256=weights_sha256,
+                              card=json.dumps(card, default=str), metrics=json.dumps(metrics or {}),
+                              status="candidate", active=False)
+            s.add(mv)
+            s.flush()
+        return mv
+
+    @staticmethod
+    def _activate(s: Session, mv: ModelVersion) -> None:
+        s.execute(update(ModelVersion).where(ModelVersion.active, ModelVersion.id != mv.id)
+                  .values(active=False, status="retired"))
+        mv.active, mv.status, mv.promoted_at = True, "active", utcnow()
+
+    def startup_model(self, path: Path, backend: str, weights_sha256: str, card: dict) -> ModelVersion:
+        """The version the daemon runs: the configured checkpoint when it is new to this store (the
+        user changed it), else whichever version was promoted last (retraining may have replaced it)."""
+        with self.session.begin() as s:
+            known = s.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == weights_sha256))
+            active = s.scalar(select(ModelVersion).where(ModelVersion.active))
+            if known is None or active is None or not Path(active.path).is_dir():
+                active = self._register(s, path.name, path, backend, weights_sha256, card)
+                self._activate(s, active)
+            return active
+
+    def set_status(self, version_id: int, status: str) -> None:
+        with self.session.begin() as s:
+            s.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(status=status))
+
+    def promote(self, version: str) -> ModelVersion:
+        """Make the version with this id or name the active one."""
+        with self.session.begin() as s:
+            mv = self._find(s, version)
+            self._activate(s, mv)
+            return mv
+
+    def rollback(self) -> ModelVersion:
+        """Make the version promoted before the active one active again."""
+        with self.session.begin() as s:
+            active = s.scalar(select(ModelVersion).where(ModelVersion.active))
+            before = s.scalar(select(ModelVersion).where(ModelVersion.promoted_at.is_not(None),
+                                                         ModelVersion.id != (active.id if active else -1))
+                              .order_by(ModelVersion.promoted_at.desc()).limit(1))
+            if before is None:
+                raise StoreError("no earlier model version to roll back to; see `qa-daemon model list`")
+            self._activate(s, before)
+            return before
+
+    @staticmethod
+    def _find(s: Session, version: str) -> ModelVersion:
+        mv = s.get(ModelVersion, int(version)) if version.isdigit() else None
+        mv = mv or s.scalar(select(ModelVersion).where(ModelVersion.name == version)
+                            .order_by(ModelVersion.id.desc()).limit(1))
+        if mv is None:
+            raise StoreError(f"model version {version!r} is not in the store; see `qa-daemon model list`")
+        return mv
+
+    def versions(self) -> list[ModelVersion]:
         with self.reader() as s:
-            return s.scalar(select(ModelVersion.name).where(ModelVersion.active))
+            return list(s.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+    def active_version(self) -> ModelVersion | None:
+        with self.reader() as s:
+            return s.scalar(select(ModelVersion).where(ModelVersion.active))
+
+    def active_model(self) -> str | None:
+        mv = self.active_version()
+        return mv.name if mv else None
+
+    # --- scheduled jobs, retraining -------------------------------------------------------------
+    def claim_run(self, job: str, slot: str, worker: str) -> bool:
+        """True for the one process that claims this (job, slot); False when it ran (or runs) elsewhere."""
+        try:
+            with self.session.begin() as s:
+                s.add(ScheduleRun(job=job, slot=slot, worker=worker))
+            return True
+        except IntegrityError:
+            return False
+
+    def finish_run(self, job: str, slot: str, outcome: str) -> None:
+        with self.session.begin() as s:
+            s.execute(update(ScheduleRun).where(ScheduleRun.job == job, ScheduleRun.slot == slot)
+                      .values(finished_at=utcnow(), outcome=outcome))
+
+    def has_run(self, job: str, slot: str) -> bool:
+        with self.reader() as s:
+            return s.scalar(select(func.count()).select_from(ScheduleRun)
+                            .where(ScheduleRun.job == job, ScheduleRun.slot == slot)) > 0
+
+    def add_labeled(self, sha256: str, path: Path) -> bool:
+        """Record a labeled inbox image; True when it is new."""
+        try:
+            with self.session.begin() as s:
+                s.add(LabeledImage(sha256=sha256, path=str(path)))
+            return True
+        except IntegrityError:
+            return False
+
+    def new_labeled(self) -> int:
+        """Labeled inbox images first seen after the active model was promoted."""
+        with self.reader() as s:
+            since = s.scalar(select(ModelVersion.promoted_at).where(ModelVersion.active)) or datetime(1970, 1, 1)
+            return s.scalar(select(func.count()).select_from(LabeledImage)
+                            .where(LabeledImage.first_seen_at > since)) or 0
+
+    def request_retrain(self, new_images: int) -> int | None:
+        """Record a retrain request, unless one for this model already counted as many images."""
+        with self.session.begin() as s:
+            active = s.scalar(select(ModelVersion.id).where(ModelVersion.active))
+            asked = s.scalar(select(func.max(RetrainRequest.new_images))
+                             .where(RetrainRequest.base_version_id == active))
+            if asked is not None and asked >= new_images:
+                return None
+            req = RetrainRequest(new_images=new_images, base_version_id=active)
+            s.add(req)
+            s.flush()
+            return req.id
+
+    def open_request(self) -> int | None:
+        """The newest retrain request nobody has started on."""
+        with self.reader() as s:
+            return s.scalar(select(RetrainRequest.id).where(RetrainRequest.status == "requested")
+                            .order_by(RetrainRequest.id.desc()).limit(1))
+
+    def retrain_requests(self) -> list[RetrainRequest]:
+        with self.reader() as s:
+            return list(s.scalars(select(RetrainRequest).order_by(RetrainRequest.id)))
+
+    def update_request(self, request_id: int, status: str, candidate: int | None = None, detail: str = "") -> None:
+        with self.session.begin() as s:
+            s.execute(update(RetrainRequest).where(RetrainRequest.id == request_id).values(
+                status=status, candidate_version_id=candidate, detail=detail))
 
     # --- intake ---------------------------------------------------------------------------------
     def known_files(self) -> set[tuple[str, int, int]]:

@@ -211,6 +211,14 @@ def save_checkpoint(model: Segmenter, folder: Path, card: Card, dtype: torch.dty
     return folder
 
 
+def weights_sha256(folder: Path) -> str:
+    """The sha256 of a checkpoint's weights file: which model version this is."""
+    import hashlib
+
+    with open(folder / WEIGHTS, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def read_card(folder: Path) -> Card:
     """The card of a checkpoint folder, with a clear error when there is none."""
     path = folder / CARD

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 import yaml
 
+from daemon.store import Store
 from tests.conftest import CRACKS, DRYWALL, REPO, need_shared
 
 pytestmark = pytest.mark.realdata
+XSS = "<img src=x onerror=alert(1)>.jpg"  # a file name is user input; reports must show it as text
 
 
 def photos(split: Path, n: int) -> list[Path]:
@@ -109,7 +111,7 @@ def test_every_dropped_photo_is_processed_once_and_bad_files_are_quarantined(sce
     (bad / "empty.jpg").write_bytes(b"")
     data = (CRACKS / "valid").glob("*.jpg").__next__().read_bytes()
     (bad / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (bad / "notes.jpg").write_text("not a photo at all\n")
+    (bad / XSS).write_text("not a photo at all\n")
     shutil.copy(first[0], d.home / "in" / "tower-b" / "copy of first.jpg")
     slow = d.home / "in" / "tower-b" / "L2" / "slow.jpg"
     payload = photos(DRYWALL / "valid", 1)[0].read_bytes()
@@ -145,8 +147,8 @@ def test_every_dropped_photo_is_processed_once_and_bad_files_are_quarantined(sce
                    "WHERE site = 'tower-a' AND task = 'crack' AND max_width_mm IS NULL AND area_px > 0") == 0
 
     quarantine = d.home / "quarantine" / "tower-a" / "bad"
-    assert sorted(p.name for p in quarantine.glob("*.jpg")) == ["empty.jpg", "notes.jpg", "truncated.jpg"]
-    assert "not a JPEG or PNG" in (quarantine / "notes.jpg.error.txt").read_text()
+    assert sorted(p.name for p in quarantine.glob("*.jpg")) == sorted([XSS, "empty.jpg", "truncated.jpg"])
+    assert "not a JPEG or PNG" in (quarantine / f"{XSS}.error.txt").read_text()
     assert not any(bad.iterdir())
 
     status = cli("-c", d.config, "status", "--json")
@@ -184,6 +186,38 @@ def test_sigkill_mid_batch_then_restart_processes_every_photo_exactly_once(scena
     assert d.count("SELECT count(*) FROM jobs WHERE status != 'done'") == 0
     for path, in d.query("SELECT mask_path FROM detections"):
         assert Path(path).is_file()
+
+
+def test_a_promoted_model_is_picked_up_without_a_restart(scenario, tmp_path):
+    from model.segmenter import Card, build, save_checkpoint, weights_sha256
+    from tests.conftest import TINY_SETTINGS
+
+    d = scenario
+    assert d.proc is not None and d.proc.poll() is None, "runs after the restart test"
+    v2 = save_checkpoint(build("compact", TINY_SETTINGS), tmp_path / "tiny-v2",
+                         Card(backend="compact", settings=TINY_SETTINGS, thresholds={"crack": 0.5, "taping": 0.5}))
+    store = Store.open(f"sqlite:///{d.db}")
+    version = store.register_model("tiny-v2", v2, "compact", weights_sha256(v2), {})  # what a retrain promotes
+    store.close()
+    d.wait_for("the switch", lambda: "switched to model version tiny-v2" in d.log.read_text())
+    drop(photos(DRYWALL / "valid", 20)[17:18], d.home / "in" / "tower-c" / "L2")
+    d.wait_for("the new photo", lambda: d.done() == 62)
+    assert d.query("SELECT detections.model_version_id FROM detections JOIN photos ON photos.id = photo_id "
+                   "ORDER BY photos.id DESC LIMIT 1") == [(version,)]
+    assert d.count("SELECT count(DISTINCT model_version_id) FROM detections") == 2
+
+
+def test_the_daily_report_of_a_store_filled_by_the_daemon_opens_cleanly_in_chromium(scenario, cli, visit):
+    d = scenario
+    result = cli("-c", d.config, "report", "--out", d.home / "reports")
+    assert result.code == 0, result.stderr
+    page = visit(Path(result.stdout.split("report: ")[1].strip()))
+    page.clean()
+    text = page.page.inner_text("body")
+    assert XSS in text  # the quarantined file's name, as text
+    assert "62" in text and "tower-a" in text and "tower-c" in text and "tiny-v2" in text
+    images = page.images()
+    assert images and all(i["complete"] and i["width"] > 0 for i in images)
 
 
 def test_sigterm_finishes_the_photos_in_hand_and_exits_cleanly(scenario):
