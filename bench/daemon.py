@@ -1,12 +1,13 @@
 """End-to-end daemon throughput: photos dropped into a watched folder, until their results are committed.
 
-    uv run python -m bench.daemon [--photos 60] [--large 20] [--checkpoint DIR] [--device cpu] [--json]
+    uv run python -m bench.daemon [--photos 60] [--large 20] [--steady 30] [--checkpoint DIR] [--json]
 
 Starts a real `qa-daemon run` on a temporary folder with the shipped model, waits until it is up,
 then drops a burst of photos at once and reads the store as an analyst would (plain sqlite3):
 
 - throughput: photos / (last commit - drop);
-- latency: each photo's commit - drop, p50 and p95 (a burst: the last photo waits for all others);
+- latency: each photo's commit - drop, p50 and p95 (a burst: the last photo waits for all others;
+  `--steady N`: N photos sent one per second, the latency a crew sees);
 - peak resident memory of the daemon process (psutil, sampled every 0.1 s).
 
 Bursts: `--photos` real 640x640 photos from ../shared/datasets, then `--large` 4000x3000 photos
@@ -53,7 +54,7 @@ def make_large(sources: list[Path], folder: Path) -> list[Path]:
     out = []
     for src in sources:
         im = cv2.resize(cv2.imread(str(src)), (4000, 3000), interpolation=cv2.INTER_CUBIC)
-        target = folder / f"big_{src.stem[:40]}.jpg"
+        target = folder / f"big_{len(out):03d}_{src.stem[:30]}.jpg"  # stems of copies share a prefix
         cv2.imwrite(str(target), im, [cv2.IMWRITE_JPEG_QUALITY, 90])
         out.append(target)
     return out
@@ -72,16 +73,55 @@ class Memory(threading.Thread):
                 return
 
 
-def committed(db: Path, names: set[str]) -> list[datetime]:
+def committed(db: Path, names: set[str]) -> dict[str, datetime]:
+    """Commit time of each named photo that is done."""
     con = sqlite3.connect(db, timeout=30)
     try:
         rows = con.execute("SELECT name, processed_at FROM photos JOIN jobs ON jobs.photo_id = photos.id "
                            "WHERE jobs.status = 'done'").fetchall()
     except sqlite3.OperationalError:
-        return []
+        return {}
     finally:
         con.close()
-    return [datetime.fromisoformat(t) for n, t in rows if n in names]
+    return {n: datetime.fromisoformat(t) for n, t in rows if n in names}
+
+
+def wait_committed(db: Path, names: set[str], timeout: float) -> dict[str, datetime]:
+    end = time.monotonic() + timeout
+    while True:
+        done = committed(db, names)
+        if len(done) == len(names) or time.monotonic() > end:
+            return done
+        time.sleep(0.2)
+
+
+def figures(latencies: list[float], span_s: float) -> dict:
+    lat = sorted(latencies)
+    return {"photos": len(lat), "seconds": round(span_s, 2), "photos_per_s": round(len(lat) / span_s, 3),
+            "p50_latency_s": round(statistics.median(lat), 2),
+            "p95_latency_s": round(lat[max(0, round(0.95 * len(lat)) - 1)], 2)}
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def steady(home: Path, files: list[Path], folder: str, rate: float, timeout: float = 600) -> dict:
+    """Drop one photo every 1/rate seconds; latency of each from its drop to its commit."""
+    target = home / "in" / "bench-site" / folder
+    target.mkdir(parents=True)
+    staging = home / "staging" / folder
+    staging.mkdir(parents=True)
+    dropped = {}
+    for f in files:
+        shutil.copy(f, staging / f.name)
+        start = time.monotonic()
+        dropped[f.name] = now_utc()
+        (staging / f.name).rename(target / f.name)  # appears complete, at once
+        time.sleep(max(0.0, 1 / rate - (time.monotonic() - start)))
+    done = wait_committed(home / "qa.sqlite3", set(dropped), timeout)
+    lat = [(done[n] - dropped[n]).total_seconds() for n in done]
+    return {**figures(lat, (max(done.values()) - min(dropped.values())).total_seconds()), "rate": rate}
 
 
 def burst(home: Path, files: list[Path], folder: str, timeout: float = 1800) -> dict:
@@ -94,37 +134,22 @@ def burst(home: Path, files: list[Path], folder: str, timeout: float = 1800) -> 
     dropped = datetime.now(UTC).replace(tzinfo=None)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(target)  # the whole burst appears at one instant
-    names = {f.name for f in files}
-    end = time.monotonic() + timeout
-    while True:
-        times = committed(home / "qa.sqlite3", names)
-        if len(times) == len(files) or time.monotonic() > end:
-            break
-        time.sleep(0.2)
-    lat = sorted((t - dropped).total_seconds() for t in times)
-    return {"photos": len(files), "done": len(lat), "seconds": round(lat[-1], 2),
-            "photos_per_s": round(len(lat) / lat[-1], 3), "p50_latency_s": round(statistics.median(lat), 2),
-            "p95_latency_s": round(lat[max(0, round(0.95 * len(lat)) - 1)], 2)}
+    done = wait_committed(home / "qa.sqlite3", {f.name for f in files}, timeout)
+    lat = [(t - dropped).total_seconds() for t in done.values()]
+    return figures(lat, max(lat))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=int, default=60, help="640x640 photos in the first burst")
-    ap.add_argument("--large", type=int, default=20, help="4000x3000 photos in the second burst")
-    ap.add_argument("--checkpoint", type=Path, default=REPO / "model" / "weights" / "compact-v1")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-
+def run(photos: int, large: int, steady_photos: int, checkpoint: Path, device: str, batch_size: int) -> dict:
+    """Start a daemon, send the bursts and the steady stream through it; the figures and its peak memory."""
     home = Path(tempfile.mkdtemp(prefix="qa-bench-"))
     (home / "in").mkdir()
     config = home / "config.yaml"
     config.write_text(yaml.safe_dump({
-        "model": {"checkpoint": str(args.checkpoint), "device": args.device, "batch_size": args.batch_size},
-        "watch": {"roots": ["in"], "settle_s": 0.5, "heartbeat_s": 30}, "store": {"url": "sqlite:///qa.sqlite3"}}))
-    small = real_photos(args.photos)
-    large = make_large(real_photos(args.large, skip=args.photos), home / "large-src")
+        "model": {"checkpoint": str(checkpoint), "device": device, "batch_size": batch_size},
+        "watch": {"roots": ["in"], "settle_s": 0.5, "heartbeat_s": 30}, "store": {"url": "sqlite:///qa.sqlite3"},
+        "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None}}))
+    small = real_photos(photos + steady_photos)
+    large_files = make_large(real_photos(large, skip=photos + steady_photos), home / "large-src")
     log = (home / "daemon.log").open("w")
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(config), "run"], cwd=home, stdout=log,
@@ -137,27 +162,41 @@ def main() -> None:
                 sys.exit(f"the daemon exited:\n{(home / 'daemon.log').read_text()}")
             time.sleep(0.2)
         startup = time.monotonic() - start
-        results = {"640x640": burst(home, small, "small"), "4000x3000": burst(home, large, "large")}
+        results = {"640x640": burst(home, small[:photos], "small"),
+                   "4000x3000": burst(home, large_files, "large")}
+        if steady_photos:
+            results["steady_640x640"] = steady(home, small[photos:], "steady", rate=1.0)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
         memory.stop.set()
-    report = {
-        "photos_per_s_640": results["640x640"]["photos_per_s"],
-        "photos_per_s_4000x3000": results["4000x3000"]["photos_per_s"],
-        "p95_latency_s_640_burst": results["640x640"]["p95_latency_s"],
-        "peak_rss_mb": round(memory.peak / 2**20), "startup_s": round(startup, 1), "bursts": results,
-        "checkpoint": str(args.checkpoint), "device": args.device, "batch_size": args.batch_size,
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-    }
     shutil.rmtree(home, ignore_errors=True)
+    return {"bursts": results, "peak_rss_mb": round(memory.peak / 2**20), "startup_s": round(startup, 1)}
+
+
+def hardware() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=60, help="640x640 photos in the first burst")
+    ap.add_argument("--large", type=int, default=20, help="4000x3000 photos in the second burst")
+    ap.add_argument("--steady", type=int, default=0, help="640x640 photos sent one per second afterwards")
+    ap.add_argument("--checkpoint", type=Path, default=REPO / "model" / "weights" / "compact-v1")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    report = run(args.photos, args.large, args.steady, args.checkpoint, args.device, args.batch_size)
+    report.update(checkpoint=str(args.checkpoint), device=args.device, hardware=hardware())
     if args.json:
         print(json.dumps(report))
         return
     print(f"daemon up in {report['startup_s']} s; peak RSS {report['peak_rss_mb']} MB; {report['hardware']}")
-    print(f"{'burst':<10} {'photos':>6} {'seconds':>8} {'photos/s':>9} {'p50 s':>6} {'p95 s':>6}")
-    for name, r in results.items():
-        print(f"{name:<10} {r['done']:>6} {r['seconds']:>8} {r['photos_per_s']:>9} {r['p50_latency_s']:>6} "
+    print(f"{'burst':<15} {'photos':>6} {'seconds':>8} {'photos/s':>9} {'p50 s':>6} {'p95 s':>6}")
+    for name, r in report["bursts"].items():
+        print(f"{name:<15} {r['photos']:>6} {r['seconds']:>8} {r['photos_per_s']:>9} {r['p50_latency_s']:>6} "
               f"{r['p95_latency_s']:>6}")
 
 

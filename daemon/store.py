@@ -3,7 +3,7 @@
     store = Store.open("sqlite:///qa-daemon.sqlite3")   # migrates to the newest schema
     photo_id = store.add_photo(identified)               # a photo and its pending job, one transaction
     jobs = store.claim(batch_size=8, worker="host:pid")  # pending -> running
-    store.complete(job, results)                         # detections + done, one transaction
+    store.complete([(job, result)], version_id)          # detections + done, one transaction
 
 A photo is recorded as pending before any work starts, and marked done in the
 same transaction that stores its detections, so a crash at any moment leaves
@@ -609,19 +609,21 @@ class Store:
         with self.reader() as s:
             return s.scalar(select(func.min(Job.next_attempt_at)).where(Job.status == JobStatus.pending))
 
-    def complete(self, job: Claimed, result: PhotoResult, model_version_id: int) -> None:
-        """Store a photo's detections and mark its job done, in one transaction."""
+    def complete(self, results: list[tuple[Claimed, PhotoResult]], model_version_id: int) -> None:
+        """Store the photos' detections and mark their jobs done, all in one transaction."""
         with self.session.begin() as s:
-            s.execute(Detection.__table__.delete().where(Detection.photo_id == job.photo_id))
-            for d in result.detections:
-                s.add(Detection(photo_id=job.photo_id, model_version_id=model_version_id, task=d.task, prompt=d.prompt,
-                                mask_path=str(d.mask_path), threshold=d.threshold, **d.measures))
-            s.execute(update(Photo).where(Photo.id == job.photo_id).values(
-                processed_at=utcnow(), processing_ms=result.processing_ms, model_version_id=model_version_id,
-                output_dir=str(result.output_dir),
-                overlay_path=str(result.overlay_path) if result.overlay_path else None))
-            s.execute(update(Job).where(Job.id == job.job_id).values(
-                status=JobStatus.done, last_error=None, updated_at=utcnow()))
+            for job, result in results:
+                s.execute(Detection.__table__.delete().where(Detection.photo_id == job.photo_id))
+                for d in result.detections:
+                    s.add(Detection(photo_id=job.photo_id, model_version_id=model_version_id, task=d.task,
+                                    prompt=d.prompt, mask_path=str(d.mask_path), threshold=d.threshold,
+                                    **d.measures))
+                s.execute(update(Photo).where(Photo.id == job.photo_id).values(
+                    processed_at=utcnow(), processing_ms=result.processing_ms, model_version_id=model_version_id,
+                    output_dir=str(result.output_dir),
+                    overlay_path=str(result.overlay_path) if result.overlay_path else None))
+                s.execute(update(Job).where(Job.id == job.job_id).values(
+                    status=JobStatus.done, last_error=None, updated_at=utcnow()))
 
     def retry_later(self, job: Claimed, error: str, delay_s: float, count: bool = True) -> None:
         """Back to pending after `delay_s`; `count=False` when the trouble was not the photo's (a missing

@@ -129,10 +129,13 @@ class Segmenter(nn.Module):
     @torch.inference_mode()
     def predict_logits(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """(B, P, h, w) logits: each image encoded once, each prompt decoded against it."""
-        features = self.encode_image(pixels)
-        emb = self.embed_prompts(prompts)
-        b = pixels.shape[0]
-        return torch.cat([self.decode(features, emb[i].expand(b, -1)) for i in range(len(prompts))], dim=1)
+        # on a GPU, half precision (bf16 where supported): about twice the images per second and memory
+        half = torch.bfloat16 if pixels.is_cuda and torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast(device_type="cuda", dtype=half, enabled=pixels.is_cuda):
+            features = self.encode_image(pixels)
+            emb = self.embed_prompts(prompts)
+            b = pixels.shape[0]
+            return torch.cat([self.decode(features, emb[i].expand(b, -1)) for i in range(len(prompts))], dim=1)
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:

@@ -27,9 +27,9 @@ def fill(store: Store, tmp_path: Path, photos: list[tuple[str, str, float, str |
                    "mean_confidence": 0.9, "length_px": 10.0 * crack, "max_width_px": 2.0,
                    "length_mm": 5.0 * crack, "max_width_mm": 1.0, "severity": severity}
         taping_m = {"area_px": 500, "area_pct": 5.0, "components": 1, "coverage_pct": 5.0}
-        store.complete(job, PhotoResult(tmp_path, None, 10.0, [
+        store.complete([(job, PhotoResult(tmp_path, None, 10.0, [
             DetectionResult("crack", "segment crack", tmp_path / "c.png", 0.5, crack_m),
-            DetectionResult("taping", "segment taping area", tmp_path / "t.png", 0.5, taping_m)]), version)
+            DetectionResult("taping", "segment taping area", tmp_path / "t.png", 0.5, taping_m)]))], version)
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_a_photo_is_pending_until_its_results_commit_and_then_done_once(store, t
     mv = store.register_model("tiny", tmp_path, "compact", "f" * 64, {})
     [job] = store.claim(8, "test")
     assert store.claim(8, "test") == []  # running jobs are not handed out twice
-    store.complete(job, result(tmp_path), mv)
+    store.complete([(job, result(tmp_path))], mv)
     counts = store.counts(datetime(2000, 1, 1))
     assert (counts["processed"], counts["pending"]) == (1, 0)
 

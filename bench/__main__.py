@@ -1,0 +1,121 @@
+"""The benchmark suite: every speed figure of qa-daemon, measured on the machine it runs on.
+
+    uv run python -m bench [--quick] [--json]
+
+1. end to end: a real `qa-daemon run` with the shipped model; a burst of real 640x640 photos, a burst
+   of 4000x3000 photos, and 640x640 photos sent one per second (bench/daemon.py);
+2. model only: both prompts with one shared image encoding against one full pass per prompt;
+3. decoding a 4000x3000 JPEG to the working resolution, with and without draft mode;
+4. training throughput of the compact backend (batch 8, 320 px crops, forward + backward + step);
+5. the daemon's peak resident memory.
+
+`--json` prints one object: photos_per_s_640, photos_per_s_4000x3000, p95_latency_s_640 (steady
+1 photo/s), shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, hardware,
+and the details. Needs ../shared/datasets for real photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from bench import daemon as e2e
+from bench.inference import measure as model_only
+from daemon.process import decode
+from model.segmenter import build, load_checkpoint
+
+
+def decode_full(path: Path, side: int) -> np.ndarray:
+    """What decoding costs without draft mode: every pixel, then resized down."""
+    with Image.open(path) as im:
+        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    f = side / max(rgb.shape[:2])
+    return cv2.resize(rgb, (round(rgb.shape[1] * f), round(rgb.shape[0] * f)), interpolation=cv2.INTER_AREA)
+
+
+def draft_decode(runs: int, side: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        [big] = e2e.make_large(e2e.real_photos(1), Path(tmp))
+        timings = {}
+        for name, fn in (("full_ms", lambda: decode_full(big, side)), ("draft_ms", lambda: decode(big, side))):
+            fn()
+            samples = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - start) * 1000)
+            timings[name] = round(statistics.median(samples), 1)
+    return {**timings, "side": side, "draft_decode_speedup": round(timings["full_ms"] / timings["draft_ms"], 2)}
+
+
+def train_throughput(steps: int, batch: int = 8, crop: int = 320) -> dict:
+    model = build("compact", {"input_size": crop}).train()
+    opt = torch.optim.AdamW(model.param_groups(1e-4))
+    prompts = ["segment crack", "segment taping area"] * (batch // 2)
+    pixels, target = torch.rand(batch, 3, crop, crop) * 255, (torch.rand(batch, 1, crop, crop) > 0.9).float()
+
+    def step() -> None:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(pixels, prompts), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # the first passes set up the runtime
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    return {"batch": batch, "crop": crop, "steps": steps, "train_images_per_s": round(steps * batch / seconds, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer photos and runs: a smoke test of the suite")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--checkpoint", type=Path, default=e2e.REPO / "model" / "weights" / "compact-v1")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    n = {"photos": 12, "large": 4, "steady": 5, "runs": 3, "train": 2} if args.quick else \
+        {"photos": 60, "large": 20, "steady": 30, "runs": 10, "train": 10}
+
+    model, _ = load_checkpoint(args.checkpoint, args.device)
+    inference = model_only(model, n["runs"])
+    decoding = draft_decode(n["runs"], 2 * model.input_size)
+    del model
+    training = train_throughput(n["train"])
+    daemon = e2e.run(n["photos"], n["large"], n["steady"], args.checkpoint, args.device, 8)
+    b = daemon["bursts"]
+    report = {
+        "photos_per_s_640": b["640x640"]["photos_per_s"],
+        "photos_per_s_4000x3000": b["4000x3000"]["photos_per_s"],
+        "p95_latency_s_640": b["steady_640x640"]["p95_latency_s"],
+        "shared_encoding_speedup": inference["shared_encoding_speedup"],
+        "draft_decode_speedup": decoding["draft_decode_speedup"],
+        "train_images_per_s": training["train_images_per_s"],
+        "peak_rss_mb": daemon["peak_rss_mb"],
+        "hardware": e2e.hardware(), "device": args.device, "torch_threads": torch.get_num_threads(),
+        "quick": args.quick, "details": {"daemon": daemon, "inference": inference, "decode": decoding,
+                                         "training": training},
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"hardware: {report['hardware']}, device {args.device}, {report['torch_threads']} torch threads")
+    for key in ("photos_per_s_640", "photos_per_s_4000x3000", "p95_latency_s_640", "shared_encoding_speedup",
+                "draft_decode_speedup", "train_images_per_s", "peak_rss_mb"):
+        print(f"  {key:<26} {report[key]}")
+    print(json.dumps(report["details"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
