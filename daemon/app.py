@@ -40,6 +40,17 @@ from model.segmenter import load_checkpoint, read_card, weights_sha256
 log = logging.getLogger("qa-daemon")
 
 
+CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+class OneLine(logging.Formatter):
+    """One log line per record: a file name with a newline in it cannot forge a line of the log."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = record.message.translate(CONTROL)
+        return super().formatMessage(record)
+
+
 def today_start_utc() -> datetime:
     """Local midnight today, as naive UTC like the store's timestamps."""
     midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)

@@ -317,7 +317,7 @@ def run(
     """
     import logging
 
-    from daemon.app import App
+    from daemon.app import App, OneLine
 
     config = _with_store(_config(ctx), store)
     updates: dict = {}
@@ -328,8 +328,9 @@ def run(
     if outputs:
         updates["outputs"] = config.outputs.model_copy(update={"dir": outputs.absolute()})
     config = config.model_copy(update=updates)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ("watchdog", "alembic", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     code = App(config).run()

@@ -59,7 +59,7 @@ def decode(path: Path, side: int) -> Decoded:
         im.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `side`
         orientation = im.getexif().get(0x0112)
         im = ImageOps.exif_transpose(im)
-        rgb = np.asarray(im.convert("RGB"))
+        rgb = _rgb8(im)
     size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     if max(rgb.shape[:2]) > side:
         f = side / max(rgb.shape[:2])
@@ -89,6 +89,16 @@ def gpu_batch_size(model: Segmenter, config: Config, headroom: float = 0.6) -> i
     log.info("GPU: %.0f MB free, about %.0f MB a photo: batches of %d", free / 2**20, per_photo / 2**20,
              min(fits, config.model.batch_size))
     return min(fits, config.model.batch_size)
+
+
+def _rgb8(im: Image.Image) -> np.ndarray:
+    """RGB uint8 of any mode; 16- and 32-bit grey is scaled down, not clipped (Pillow's convert clips)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(grey.max()), 1.0)
+        grey = np.clip(grey * (255.0 / top), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 class Processor(threading.Thread):

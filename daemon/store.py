@@ -45,6 +45,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from daemon.paths import safe_part
 from model.errors import QAError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -553,7 +554,7 @@ class Store:
                     return Added(first.id, "known")
                 s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id, duplicate=True))
                 return Added(first.id, "duplicate")
-            stem = f.path.stem
+            stem = safe_part(f.path.stem)  # it names the mask files
             taken = s.scalar(select(func.count()).select_from(Photo).where(Photo.site == f.site,
                                                                               Photo.image_id == stem))
             photo = Photo(sha256=f.sha256, image_id=f"{stem}-{f.sha256[:8]}" if taken else stem, name=f.path.name,

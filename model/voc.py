@@ -7,6 +7,7 @@ whose children are `<x1>,<y1>,<x2>,<y2>,...` in float pixels. A flat folder of
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -127,5 +128,6 @@ def _float(text: str | None) -> float | None:
 
 
 def _int(text: str | None) -> int | None:
+    """A positive whole number, else None (also for NaN and infinity, which `int()` refuses)."""
     v = _float(text)
-    return int(v) if v is not None and v == v and v > 0 else None
+    return int(v) if v is not None and math.isfinite(v) and v > 0 else None
