@@ -19,6 +19,7 @@ processor finish the batch in hand. Signals only set the stop event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -33,7 +34,7 @@ from daemon.intake import IntakeWorker, Settler
 from daemon.paths import present
 from daemon.process import Processor, warm_up
 from daemon.schedule import Scheduler
-from daemon.store import Store, StoreLock, redact
+from daemon.store import Store, StoreLock, redact, sqlite_path, worker_name
 from daemon.watcher import Watcher
 from model.segmenter import load_checkpoint, read_card, weights_sha256
 
@@ -57,19 +58,31 @@ def today_start_utc() -> datetime:
     return midnight.astimezone(UTC).replace(tzinfo=None)
 
 
+def stale_after(config: Config) -> float:
+    """Seconds of silence after which a daemon sharing the store counts as dead."""
+    return max(3 * config.watch.heartbeat_s, 30.0)
+
+
 class Heartbeat(threading.Thread):
     """Logs the queue's state every `watch.heartbeat_s`, so a silent daemon is visibly alive."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, settler: Settler,
-                 watcher: Watcher):
+                 watcher: Watcher, worker: str, stale_s: float | None):
         super().__init__(name="heartbeat", daemon=True)
         self.config, self.stop_event, self.store, self.settler, self.watcher = (
             config, stop_event, store, settler, watcher)
+        self.worker, self.stale_s = worker, stale_s  # stale_s: requeue silent daemons' jobs (shared store)
 
     def run(self) -> None:
         last = None
         while not self.stop_event.wait(self.config.watch.heartbeat_s):
             try:
+                self.store.beat(self.worker)
+                if self.stale_s is not None:
+                    requeued, _ = self.store.recover(self.config.watch.max_attempts, self.stale_s)
+                    if requeued:
+                        log.warning("%d photos in hand of a daemon silent for %.0f s are queued again",
+                                    requeued, self.stale_s)
                 c = self.store.counts(today_start_utc())
             except Exception as exc:  # noqa: BLE001 - a heartbeat reports trouble, it never dies of it
                 log.warning("heartbeat: store not readable (%s)", exc)
@@ -89,6 +102,9 @@ class App:
         self.stop_event = threading.Event()
         self.work_ready = threading.Event()
         self.lock = StoreLock(config.store.url)
+        self.exclusive = sqlite_path(config.store.url) is not None
+        self.stale_s = stale_after(config)
+        self.worker = worker_name()
         self.store: Store | None = None
         self.threads: list[threading.Thread] = []
         self.watcher: Watcher | None = None
@@ -102,7 +118,9 @@ class App:
                               "create the folder, fix the path, or pass --watch DIR")
         self.lock.acquire()
         self.store = Store.open(config.store.url)
-        requeued, exhausted = self.store.recover(config.watch.max_attempts)
+        # alone on a SQLite file every running job is ours to requeue; on a shared server, only a silent daemon's
+        requeued, exhausted = self.store.recover(config.watch.max_attempts, None if self.exclusive else self.stale_s)
+        self.store.beat(self.worker)
         if requeued:
             log.info("%d photos left in progress by an earlier run are queued again", requeued)
         card = read_card(config.model.checkpoint)
@@ -125,7 +143,8 @@ class App:
                         processor.archive(photo_id, path)
         intake = IntakeWorker(config, self.stop_event, self.store, settler, self.work_ready)
         self.watcher = Watcher(config, self.stop_event, self.store, settler)
-        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher)
+        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher, self.worker,
+                              None if self.exclusive else self.stale_s)
         self.threads = [processor, intake, self.watcher, heartbeat]
         for t in self.threads:
             t.start()
@@ -146,6 +165,8 @@ class App:
         for t in reversed(self.threads):
             t.join()
         if self.store is not None:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                self.store.leave(self.worker)
             self.store.close()
         self.lock.release()
 
@@ -180,8 +201,10 @@ def status(config: Config) -> dict[str, Any]:
         failures = [{"at": f.at.isoformat(timespec="seconds"), "path": f.path, "stage": f.stage, "error": f.error,
                      "quarantined_to": f.quarantined_to} for f in store.recent_failures(5)]
         model = store.active_model()
+        seen = store.daemons_seen(stale_after(config))
     finally:
         store.close()
-    return {"running": StoreLock(config.store.url).held_elsewhere(), **counts,
+    running = StoreLock(config.store.url).held_elsewhere() if sqlite_path(config.store.url) else seen > 0
+    return {"running": running, **counts,
             "model": model or config.model.checkpoint.name, "store": redact(config.store.url),
             "recent_failures": failures, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -331,7 +331,7 @@ def run(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLine("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    for noisy in ("watchdog", "alembic", "PIL"):
+    for noisy in ("watchdog", "alembic", "PIL", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     code = App(config).run()
     if code:

@@ -35,14 +35,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     event,
     func,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from daemon.paths import safe_part
@@ -194,6 +197,15 @@ class ScheduleRun(Base):
     outcome: Mapped[str | None] = mapped_column(Text)
 
 
+class Daemon(Base):
+    """A running daemon's heartbeat: how `status` knows one runs, and how the others find its stale jobs."""
+
+    __tablename__ = "daemons"
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
 class LabeledImage(Base):
     """A labeled photo found in the retrain inbox."""
 
@@ -327,6 +339,8 @@ def migrate(engine: Engine) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # daemons starting together: one migrates, the others wait
+            conn.execute(text("SELECT pg_advisory_xact_lock(7271)"))
         cfg.attributes["connection"] = conn
         try:
             command.upgrade(cfg, "head")
@@ -352,9 +366,9 @@ class Store:
         try:
             if migrate_schema:
                 migrate(engine)
-        except OperationalError as exc:
-            raise StoreError(f"store.url: cannot open {redact(url)} ({exc.orig}); "
-                             "check the URL and permissions") from None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store.url: cannot open {redact(url)} ({getattr(exc, 'orig', exc)}); "
+                             "check the URL, the server and the permissions") from None
         return cls(engine)
 
     @classmethod
@@ -573,17 +587,41 @@ class Store:
                           quarantined_to=str(quarantined_to) if quarantined_to else None, photo_id=photo_id))
 
     # --- the queue ------------------------------------------------------------------------------
-    def recover(self, max_attempts: int) -> tuple[int, list[Claimed]]:
+    def recover(self, max_attempts: int, stale_s: float | None = None) -> tuple[int, list[Claimed]]:
         """Put jobs left running by a crashed daemon back to pending: (how many, the jobs that were in
         hand `max_attempts` times already, left running for the caller to give up on: they may be what
-        crashes the process)."""
+        crashes the process). With `stale_s`, only jobs of daemons silent for that long (several daemons
+        share the store); without, all of them (this daemon holds the store alone)."""
         with self.session.begin() as s:
+            running = Job.status == JobStatus.running
+            if stale_s is not None:
+                alive = select(Daemon.worker).where(Daemon.seen_at >= utcnow() - timedelta(seconds=stale_s))
+                running = and_(running, or_(Job.worker.is_(None), Job.worker.not_in(alive)))
             exhausted = [self._claimed(job, photo) for job, photo in s.execute(
                 select(Job, Photo).join(Photo, Photo.id == Job.photo_id)
-                .where(Job.status == JobStatus.running, Job.attempts >= max_attempts))]
-            n = s.execute(update(Job).where(Job.status == JobStatus.running, Job.attempts < max_attempts)
+                .where(running, Job.attempts >= max_attempts))]
+            n = s.execute(update(Job).where(running, Job.attempts < max_attempts)
                           .values(status=JobStatus.pending, worker=None, updated_at=utcnow())).rowcount
             return n, exhausted
+
+    def beat(self, worker: str) -> None:
+        """This daemon is alive."""
+        with self.session.begin() as s:
+            row = s.get(Daemon, worker)
+            if row is None:
+                s.add(Daemon(worker=worker))
+            else:
+                row.seen_at = utcnow()
+
+    def daemons_seen(self, within_s: float) -> int:
+        with self.reader() as s:
+            return s.scalar(select(func.count()).select_from(Daemon)
+                            .where(Daemon.seen_at >= utcnow() - timedelta(seconds=within_s))) or 0
+
+    def leave(self, worker: str) -> None:
+        """This daemon stopped cleanly."""
+        with self.session.begin() as s:
+            s.execute(Daemon.__table__.delete().where(Daemon.worker == worker))
 
     @staticmethod
     def _claimed(job: Job, photo: Photo) -> Claimed:
@@ -597,7 +635,8 @@ class Store:
             rows = s.execute(
                 select(Job, Photo).join(Photo, Photo.id == Job.photo_id)
                 .where(Job.status == JobStatus.pending, Job.next_attempt_at <= now)
-                .order_by(Job.id).limit(batch_size).with_for_update(skip_locked=True)).all()
+                # on PostgreSQL, daemons on several machines each lock the rows they take and skip the others'
+                .order_by(Job.id).limit(batch_size).with_for_update(skip_locked=True, of=Job)).all()
             claimed = []
             for job, photo in rows:
                 job.status, job.worker, job.claimed_at, job.updated_at = JobStatus.running, worker, now, now
@@ -680,7 +719,8 @@ class Store:
 
 
 class StoreLock:
-    """Keeps a second daemon off a SQLite store: an OS file lock beside the database, freed if the holder dies."""
+    """Keeps a second daemon off a SQLite store: an OS file lock beside the database, freed if the holder dies.
+    A database server (PostgreSQL) is shared by design: several daemons, each claiming its own jobs."""
 
     def __init__(self, url: str):
         path = sqlite_path(url)

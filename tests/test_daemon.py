@@ -94,7 +94,10 @@ def scenario(tmp_path_factory, tiny_checkpoint):
         "store": {"url": "sqlite:///qa.sqlite3"},
         "sites": {"tower-a": {"mm_per_pixel": 0.5}},
     }))
-    return Daemon(home, config)
+    daemon = Daemon(home, config)
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:  # a test failed half-way: no daemon left behind
+        daemon.proc.kill()
 
 
 def test_every_dropped_photo_is_processed_once_and_bad_files_are_quarantined(scenario, cli):

@@ -39,6 +39,19 @@ def store(tmp_path):
     s.close()
 
 
+def test_history_reads_the_same_from_a_postgresql_server(pg_database, tmp_path):
+    from daemon.summary import history, period_summary
+
+    server = Store.open(pg_database)
+    fill(server, tmp_path, PHOTOS)
+    weekly = history(server, "tower-a", None, None, "week")
+    assert [(r["period"], r["photos"], r["wide"]) for r in weekly] == [("2026-11-02", 3, 1), ("2026-11-09", 1, 0)]
+    summary = period_summary(server, date(2026, 11, 2), date(2026, 11, 3))
+    assert summary["totals"]["photos"] == 4 and [s["site"] for s in summary["sites"]] == ["tower-a", "tower-b"]
+    json.dumps(summary)  # plain data all the way down, as the reports need
+    server.close()
+
+
 PHOTOS = [("tower-a", "2026-11-02", 2.0, "fine"), ("tower-a", "2026-11-02", 0.0, None),
           ("tower-a", "2026-11-03", 4.0, "wide"), ("tower-b", "2026-11-03", 1.0, "fine"),
           ("tower-a", "2026-11-10", 0.0, None)]

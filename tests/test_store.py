@@ -35,8 +35,18 @@ def result(tmp_path: Path) -> PhotoResult:
                                                               measures)])
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The same store code on a SQLite file and on a PostgreSQL server."""
+    url = f"sqlite:///{tmp_path / 'qa.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue(
+        "pg_database")
+    s = Store.open(url)
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
     yield s
     s.close()
@@ -62,8 +72,8 @@ def test_history_survives_reopening_and_repeated_migration(tmp_path):
     again.close()
 
 
-def test_sqlite_store_runs_in_wal_mode_with_foreign_keys(store):
-    with store.engine.connect() as conn:
+def test_sqlite_store_runs_in_wal_mode_with_foreign_keys(sqlite_store):
+    with sqlite_store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
@@ -115,7 +125,8 @@ def test_failed_attempts_back_off_then_give_up(store, tmp_path):
     assert store.recent_failures()[0].quarantined_to.endswith("a.jpg")
 
 
-def test_readers_never_block_the_daemons_writes(store, tmp_path):
+def test_readers_never_block_the_daemons_writes(sqlite_store, tmp_path):
+    store = sqlite_store
     reader = sqlite3.connect(store.engine.url.database)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM photos").fetchall()  # a report holding a read transaction open
@@ -191,3 +202,53 @@ def test_touching_a_duplicate_does_not_count_it_again(store, tmp_path):
     store.add_photo(identified(tmp_path / "copy.jpg", "a"))
     assert store.add_photo(identified(tmp_path / "copy.jpg", "a", mtime_ns=5)).kind == "known"
     assert store.counts(datetime(2000, 1, 1))["duplicates"] == 1
+
+
+def test_daemons_sharing_a_server_never_claim_the_same_photo(pg_database, tmp_path):
+    stores = [Store.open(pg_database) for _ in range(3)]
+    for i in range(40):
+        stores[0].add_photo(identified(tmp_path / f"{i}.jpg", f"{i:064d}"))
+    claimed: list[list[int]] = [[] for _ in stores]
+
+    def claim(k: int) -> None:
+        while jobs := stores[k].claim(2, f"daemon-{k}"):
+            claimed[k] += [j.job_id for j in jobs]
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [j for c in claimed for j in c]
+    assert len(every) == 40 and len(set(every)) == 40
+    for s in stores:
+        s.close()
+
+
+def test_on_a_shared_server_only_a_silent_daemons_jobs_are_requeued(store, tmp_path):
+    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.add_photo(identified(tmp_path / "b.jpg", "b"))
+    store.beat("alive")
+    store.claim(1, "alive")
+    store.claim(1, "dead")  # never sent a heartbeat
+    requeued, _ = store.recover(max_attempts=3, stale_s=60)
+    assert requeued == 1
+    assert [j.path.name for j in store.claim(8, "other")] == ["b.jpg"]
+
+
+def test_daemons_starting_together_on_a_new_server_database_migrate_it_once(pg_database):
+    errors = []
+
+    def open_store() -> None:
+        try:
+            Store.open(pg_database).close()
+        except Exception as exc:  # noqa: BLE001 - collected for the assert
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "concurrent migrations deadlocked"
+    assert errors == []
