@@ -113,6 +113,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from model.segmenter import Card, build, save_checkpoint
 
     settings = TINY_SETTINGS
+    import torch
+
+    torch.manual_seed(0)  # the same untrained model, and so the same masks, in every run
     model = build("compact", settings)
     prompts = {"crack": ["segment crack"], "taping": ["segment taping area"]}
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-v1",

@@ -219,8 +219,8 @@ def test_the_daily_report_of_a_store_filled_by_the_daemon_opens_cleanly_in_chrom
     text = page.page.inner_text("body")
     assert XSS in text  # the quarantined file's name, as text
     assert "62" in text and "tower-a" in text and "tower-c" in text and "tiny-v2" in text
-    images = page.images()
-    assert images and all(i["complete"] and i["width"] > 0 for i in images)
+    # thumbnails of the worst photos, when the (random) tiny model marked cracks, all load
+    assert all(i["complete"] and i["width"] > 0 for i in page.images())
 
 
 def test_sigterm_finishes_the_photos_in_hand_and_exits_cleanly(scenario):
