@@ -23,23 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from bench import daemon as e2e
 from bench.inference import measure as model_only
-from daemon.process import decode
+from daemon.process import decode, fit_within
 from model.segmenter import build, load_checkpoint
 
 
 def decode_full(path: Path, side: int) -> np.ndarray:
     """What decoding costs without draft mode: every pixel, then resized down."""
     with Image.open(path) as im:
-        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    f = side / max(rgb.shape[:2])
-    return cv2.resize(rgb, (round(rgb.shape[1] * f), round(rgb.shape[0] * f)), interpolation=cv2.INTER_AREA)
+        return fit_within(np.asarray(ImageOps.exif_transpose(im).convert("RGB")), side)
 
 
 def draft_decode(runs: int, side: int) -> dict:

@@ -37,7 +37,7 @@ log = logging.getLogger("qa-daemon")
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-EXIF_IFD, DATETIME_ORIGINAL, ORIENTATION = 0x8769, 36867, 0x0112
+EXIF_IFD, DATETIME_ORIGINAL = 0x8769, 36867
 
 
 class Incomplete(Exception):
@@ -96,6 +96,7 @@ def _decode_fully(path: Path, jpeg: bool) -> tuple[int, int, datetime | None]:
     try:
         with Image.open(path) as im:
             width, height = im.size
+            shown = displayed_size(im)
             if jpeg:
                 im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 im.load()
@@ -107,9 +108,13 @@ def _decode_fully(path: Path, jpeg: bool) -> tuple[int, int, datetime | None]:
         raise NotAPhoto(f"too many pixels to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Incomplete(f"does not decode to the end ({exc})") from None
-    if exif.get(ORIENTATION) in (5, 6, 7, 8):  # rotated a quarter turn
-        width, height = height, width
-    return width, height, _exif_time(exif)
+    return *shown, _exif_time(exif)
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as the photo is shown: a quarter-turn EXIF orientation swaps them."""
+    w, h = im.size
+    return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
 
 
 def _exif_time(exif: Image.Exif) -> datetime | None:

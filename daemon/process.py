@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.config import TASKS, Config
+from daemon.intake import displayed_size
 from daemon.measure import measure
 from daemon.paths import move_into, present, quarantine, safe_part
 from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
@@ -55,17 +56,21 @@ def decode(path: Path, side: int) -> Decoded:
     """The photo at working resolution (longest side about `side`, never upscaled) and its source size."""
     start = time.perf_counter()
     with Image.open(path) as im:
-        w, h = im.size
+        size = displayed_size(im)
         im.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `side`
-        orientation = im.getexif().get(0x0112)
-        im = ImageOps.exif_transpose(im)
-        rgb = _rgb8(im)
-    size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    if max(rgb.shape[:2]) > side:
-        f = side / max(rgb.shape[:2])
-        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f))),
-                         interpolation=cv2.INTER_AREA)
-    return Decoded(np.ascontiguousarray(rgb), size, (time.perf_counter() - start) * 1000)
+        rgb = _rgb8(ImageOps.exif_transpose(im))
+    return Decoded(np.ascontiguousarray(fit_within(rgb, side)), size, (time.perf_counter() - start) * 1000)
+
+
+
+def fit_within(image: np.ndarray, side: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """`image` scaled down so that its longest side is at most `side` (never up)."""
+    longest = max(image.shape[:2])
+    if longest <= side:
+        return image
+    f = side / longest
+    size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+    return cv2.resize(image, size, interpolation=interpolation)
 
 
 def warm_up(model: Segmenter, config: Config) -> None:
@@ -231,13 +236,9 @@ class Processor(threading.Thread):
         over = None
         if self.config.outputs.overlay:
             over = out_dir / f"{job.image_id}__overlay.jpg"
-            small = d.rgb
             limit = self.config.outputs.overlay_max_side
-            if max(small.shape[:2]) > limit:
-                f = limit / max(small.shape[:2])
-                size = (round(small.shape[1] * f), round(small.shape[0] * f))
-                small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-                work_masks = [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in work_masks]
+            small = fit_within(d.rgb, limit)
+            work_masks = [fit_within(m, limit, cv2.INTER_NEAREST) for m in work_masks]
             ok, data = cv2.imencode(".jpg", cv2.cvtColor(overlay(small, work_masks), cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, 85])
             if not ok:

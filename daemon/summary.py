@@ -55,6 +55,19 @@ def site_figures(site: str, photos: list[dict], worst_n: int = 6) -> dict:
     }
 
 
+def _pool(rows: list[dict]) -> dict:
+    """`daily_site_summary` rows (days, sites) taken together: shares and means weighted by photos."""
+    n = sum(r["photos"] for r in rows)
+    with_cracks = sum(r["photos_with_cracks"] for r in rows)
+
+    def mean(column: str) -> float:
+        return sum((r[column] or 0) * r["photos"] for r in rows) / n if n else 0.0
+
+    return {"photos": n, "photos_with_cracks": with_cracks,
+            "crack_share_pct": 100.0 * with_cracks / n if n else 0.0, "mean_crack_pct": mean("mean_crack_pct"),
+            "taping_coverage_pct": mean("mean_taping_coverage_pct")}
+
+
 def _trend(rows: list[dict], end: date, days: int) -> list[dict]:
     """One point per day of the `days` ending at `end`, from `daily_site_summary` rows (any sites)."""
     by_day: dict[str, list[dict]] = defaultdict(list)
@@ -63,13 +76,9 @@ def _trend(rows: list[dict], end: date, days: int) -> list[dict]:
     out = []
     for i in range(days - 1, -1, -1):
         day = (end - timedelta(days=i)).isoformat()
-        rs = by_day.get(day, [])
-        n = sum(r["photos"] for r in rs)
-        out.append({"day": day, "photos": n,
-                    "crack_share_pct": 100.0 * sum(r["photos_with_cracks"] for r in rs) / n if n else 0.0,
-                    "mean_crack_pct": sum(r["mean_crack_pct"] * r["photos"] for r in rs) / n if n else 0.0,
-                    "taping_coverage_pct": sum((r["mean_taping_coverage_pct"] or 0) * r["photos"] for r in rs) / n
-                    if n else 0.0})
+        pooled = _pool(by_day.get(day, []))
+        out.append({"day": day, **{k: pooled[k] for k in (
+            "photos", "crack_share_pct", "mean_crack_pct", "taping_coverage_pct")}})
     return out
 
 
@@ -127,18 +136,17 @@ def history(store: Store, site: str | None, since: date | None, until: date | No
         groups[(_period_key(str(r["day"]), group_by), r["site"])].append(r)
     out = []
     for (period, site_name), rs in sorted(groups.items()):
-        n = sum(r["photos"] for r in rs)
-        row: dict[str, Any] = {"period": period, "site": site_name, "photos": n}
+        pooled = _pool(rs)
+        row: dict[str, Any] = {"period": period, "site": site_name, "photos": pooled["photos"]}
         if task in (None, "crack"):
-            with_cracks = sum(r["photos_with_cracks"] for r in rs)
             mm = [r["crack_length_mm"] for r in rs if r["crack_length_mm"] is not None]
-            row.update({"photos_with_cracks": with_cracks, "crack_share_pct": round(100.0 * with_cracks / n, 2),
-                        "mean_crack_pct": round(sum(r["mean_crack_pct"] * r["photos"] for r in rs) / n, 3),
+            row.update({"photos_with_cracks": pooled["photos_with_cracks"],
+                        "crack_share_pct": round(pooled["crack_share_pct"], 2),
+                        "mean_crack_pct": round(pooled["mean_crack_pct"], 3),
                         "crack_length_px": round(sum(r["crack_length_px"] or 0 for r in rs), 1),
                         "crack_length_mm": round(sum(mm), 1) if mm else None,
                         **{k: sum(r[k] for r in rs) for k in SEVERITIES}})
         if task in (None, "taping"):
-            row["mean_taping_coverage_pct"] = round(
-                sum((r["mean_taping_coverage_pct"] or 0) * r["photos"] for r in rs) / n, 3)
+            row["mean_taping_coverage_pct"] = round(pooled["taping_coverage_pct"], 3)
         out.append(row)
     return out
