@@ -14,7 +14,7 @@ The queue is the store's `jobs` table, so it survives any crash: at start, jobs 
 running go back to pending, and the first rescan finds files that arrived (or were
 not yet recorded) while the daemon was down. `start()` goes lock, store, model,
 processor, intake, watcher, heartbeat, scheduler; `stop()` undoes that in reverse, letting the
-processor finish the batch in hand. Signals only set the stop event.
+processor finish the batch in hand. Signals only set a flag the main thread polls.
 """
 
 from __future__ import annotations
@@ -172,12 +172,16 @@ class App:
 
     def run(self) -> int:
         """Run until SIGINT/SIGTERM (0) or until a thread dies of a bug (1: let a supervisor restart us)."""
-        previous = {sig: signal.signal(sig, lambda *_: self.stop_event.set())
+        # the handler only sets a flag: Event.set() from a signal handler deadlocks when the signal lands
+        # while this thread holds the event's lock inside Event.wait()
+        signalled = []
+        previous = {sig: signal.signal(sig, lambda *_: signalled.append(1))
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         code = 0
         try:
             self.start()
-            while not self.stop_event.wait(1.0):
+            while not signalled:
+                time.sleep(0.2)
                 dead = [t.name for t in self.threads if not t.is_alive()]
                 if dead:
                     log.error("thread %s stopped unexpectedly; shutting down (queued work resumes at restart)",
