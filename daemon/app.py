@@ -34,9 +34,11 @@ from daemon.intake import IntakeWorker, Settler
 from daemon.paths import present
 from daemon.process import Processor, warm_up
 from daemon.schedule import Scheduler
-from daemon.store import Store, StoreLock, redact, sqlite_path, worker_name
+from daemon.space import Space
+from daemon.store import ModelVersion, Store, StoreLock, redact, sqlite_path, worker_name
 from daemon.watcher import Watcher
-from model.segmenter import load_checkpoint, read_card, weights_sha256
+from model.errors import QAError
+from model.segmenter import Segmenter, load_checkpoint, read_card, weights_sha256
 
 log = logging.getLogger("qa-daemon")
 
@@ -67,17 +69,17 @@ class Heartbeat(threading.Thread):
     """Logs the queue's state every `watch.heartbeat_s`, so a silent daemon is visibly alive."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, settler: Settler,
-                 watcher: Watcher, worker: str, stale_s: float | None):
+                 watcher: Watcher, space: Space, worker: str, stale_s: float | None):
         super().__init__(name="heartbeat", daemon=True)
-        self.config, self.stop_event, self.store, self.settler, self.watcher = (
-            config, stop_event, store, settler, watcher)
+        self.config, self.stop_event, self.store, self.settler = config, stop_event, store, settler
+        self.watcher, self.space = watcher, space
         self.worker, self.stale_s = worker, stale_s  # stale_s: requeue silent daemons' jobs (shared store)
 
     def run(self) -> None:
         last = None
         while not self.stop_event.wait(self.config.watch.heartbeat_s):
             try:
-                self.store.beat(self.worker)
+                self.store.beat(self.worker, self.space.paused)
                 if self.stale_s is not None:
                     requeued, _ = self.store.recover(self.config.watch.max_attempts, self.stale_s)
                     if requeued:
@@ -88,9 +90,11 @@ class Heartbeat(threading.Thread):
                 log.warning("heartbeat: store not readable (%s)", exc)
                 continue
             since = f" (+{c['processed'] - last})" if last is not None else ""
-            missing = f", roots missing: {len(self.watcher.missing)}" if self.watcher.missing else ""
+            trouble = (f", roots missing: {len(self.watcher.missing)}" if self.watcher.missing else "") + (
+                f", vanished files: {c['missing']}" if c["missing"] else "") + (
+                f", PAUSED: {self.space.paused}" if self.space.paused else "")
             log.info("heartbeat: %d processed%s, %d pending, %d settling, %d failed, %d duplicates%s",
-                     c["processed"], since, c["pending"], len(self.settler), c["failed"], c["duplicates"], missing)
+                     c["processed"], since, c["pending"], len(self.settler), c["failed"], c["duplicates"], trouble)
             last = c["processed"]
 
 
@@ -123,17 +127,11 @@ class App:
         self.store.beat(self.worker)
         if requeued:
             log.info("%d photos left in progress by an earlier run are queued again", requeued)
-        card = read_card(config.model.checkpoint)
-        version = self.store.startup_model(config.model.checkpoint, card.backend,
-                                           weights_sha256(config.model.checkpoint), asdict(card))
-        if Path(version.path) != config.model.checkpoint:
-            log.info("model version %s was promoted since %s; running it (`qa-daemon model list`)",
-                     version.name, config.model.checkpoint)
-        model, card = load_checkpoint(Path(version.path), config.model.device)
-        warm_up(model, config)
+        version, model = self.startup_model()
+        space = Space(config.outputs.dir, config.outputs.min_free_mb, self.store, self.worker)
         settler = Settler(config.watch.settle_s, config.watch.retry_backoff_s, config.watch.max_attempts,
                           config.watch.incomplete_after_s)
-        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots)
+        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots, space)
         for job in exhausted:  # in hand at every one of its attempts: it may be what stops the daemon
             processor.failed(job, f"the daemon stopped {job.attempts} times while processing this photo", final=True)
         if config.outputs.archive is not None:  # finish archive moves cut short by a crash
@@ -141,9 +139,9 @@ class App:
                 for photo_id, path in self.store.done_photos_under(root):
                     if path.exists():
                         processor.archive(photo_id, path)
-        intake = IntakeWorker(config, self.stop_event, self.store, settler, self.work_ready)
+        intake = IntakeWorker(config, self.stop_event, self.store, settler, self.work_ready, space)
         self.watcher = Watcher(config, self.stop_event, self.store, settler)
-        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher, self.worker,
+        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher, space, self.worker,
                               None if self.exclusive else self.stale_s)
         self.threads = [processor, intake, self.watcher, heartbeat]
         for t in self.threads:
@@ -151,19 +149,45 @@ class App:
         self.scheduler = Scheduler(config, self.store)
         self.scheduler.start()
         log.info("qa-daemon started: model %s (%s, input %d, %s), watching %s (%s), store %s, outputs %s",
-                 version.name, card.backend, model.input_size, model.device,
+                 version.name, version.backend, model.input_size, model.device,
                  ", ".join(map(str, roots)), "polling" if config.watch.polling else "events",
                  redact(config.store.url), config.outputs.dir)
+
+    def startup_model(self) -> tuple[ModelVersion, Segmenter]:
+        """The store's active model version, loaded and warmed up. A promoted version that cannot be loaded
+        is marked rejected and the configured checkpoint runs instead; a configured checkpoint that cannot be
+        loaded is the user's to fix (one clear error, exit 2)."""
+        config, store = self.config, self.store
+        configured = config.model.checkpoint
+        card = read_card(configured)
+        digest = weights_sha256(configured)
+        version = store.startup_model(configured, card.backend, digest, asdict(card))
+        if Path(version.path) != configured:
+            log.info("model version %s was promoted since %s; running it (`qa-daemon model list`)",
+                     version.name, configured)
+            try:
+                model, _ = load_checkpoint(Path(version.path), config.model.device)
+                warm_up(model, config)
+                return version, model
+            except (QAError, OSError, RuntimeError) as exc:
+                log.error("model version %s cannot be loaded (%s); it is marked rejected and %s runs instead; "
+                          "fix it and `qa-daemon model promote` it again", version.name, exc, configured)
+                store.reject(version.id, keep_id=None)
+                version = store.startup_model(configured, card.backend, digest, asdict(card))
+        model, _ = load_checkpoint(configured, config.model.device)
+        warm_up(model, config)
+        return version, model
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.stop_event.set()
         self.work_ready.set()
-        if self.watcher is not None:
+        if self.watcher is not None and self.watcher.is_alive():
             self.watcher.stop()
         for t in reversed(self.threads):
-            t.join()
+            if t.is_alive():
+                t.join()
         if self.store is not None:
             with contextlib.suppress(Exception):  # the store may be what failed
                 self.store.leave(self.worker)
@@ -208,7 +232,8 @@ def status(config: Config) -> dict[str, Any]:
         seen = store.daemons_seen(stale_after(config))
     finally:
         store.close()
-    running = StoreLock(config.store.url).held_elsewhere() if sqlite_path(config.store.url) else seen > 0
-    return {"running": running, **counts,
+    running = StoreLock(config.store.url).held_elsewhere() if sqlite_path(config.store.url) else bool(seen)
+    paused = "; ".join(f"{worker}: {why}" if len(seen) > 1 else why for worker, why in seen if why) or None
+    return {"running": running, "paused": paused if running else None, **counts,
             "model": model or config.model.checkpoint.name, "store": redact(config.store.url),
             "recent_failures": failures, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -567,8 +567,10 @@ def status(
         print(json.dumps(state))
         return
     table = Table(title=f"qa-daemon: {'running' if state['running'] else 'not running'}", show_header=False)
-    for key in ("processed", "processed_today", "pending", "failed", "duplicates", "model", "store"):
-        table.add_row(key.replace("_", " "), str(state[key]))
+    for key in ("paused", "processed", "processed_today", "pending", "failed", "missing", "duplicates", "model",
+                "store"):
+        if key != "paused" or state[key]:
+            table.add_row(key.replace("_", " "), str(state[key]))
     out.print(table)
     for f in state["recent_failures"]:
         err.print(f"{f['at']}  {f['path']}: {f['error']}" + (f" -> {f['quarantined_to']}" if f["quarantined_to"]

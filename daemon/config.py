@@ -132,6 +132,8 @@ class OutputsConfig(Section):
     overlay_max_side: int = Field(1600, ge=64, description="Longest side of overlay JPEGs (masks keep full size).")
     archive: Path | None = Field(None, description="Move processed photos here; null leaves them in place.")
     quarantine: Path = Field(Path("quarantine"), description="Photos that failed max_attempts times.")
+    min_free_mb: float = Field(100.0, ge=0, description="Intake and processing pause while the outputs disk has "
+                               "less free space; they resume by themselves.")
 
 
 class ScheduleConfig(Section):

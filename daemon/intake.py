@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.config import Config
 from daemon.paths import inside, place, quarantine
+from daemon.space import Space
 from daemon.store import Identified, Store, StoreError
 
 log = logging.getLogger("qa-daemon")
@@ -80,9 +81,9 @@ def identify(path: Path, root: Path, levels: list[str]) -> Identified:
 def _regular_file(path: Path, root: Path) -> os.stat_result:
     try:
         st = os.lstat(path)
+        if not inside(path, root):  # the file, or a folder on its way, is a link
+            raise NotAPhoto("a link pointing outside the watch root (or inside a linked folder); not followed")
         if stat.S_ISLNK(st.st_mode):
-            if not inside(path, root):
-                raise NotAPhoto("a link pointing outside the watch root; not followed")
             st = os.stat(path)
     except FileNotFoundError:
         raise Incomplete("the file disappeared") from None
@@ -206,13 +207,15 @@ class IntakeWorker(threading.Thread):
     """Takes settled files: checks them, records each new photo with its pending job, quarantines the rest."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, settler: Settler,
-                 on_added: threading.Event):
+                 on_added: threading.Event, space: Space):
         super().__init__(name="intake", daemon=True)
         self.config, self.stop_event, self.store, self.settler = config, stop_event, store, settler
-        self.on_added = on_added  # set whenever a photo is queued, to wake the processor
+        self.on_added, self.space = on_added, space  # on_added: set whenever a photo is queued, to wake the processor
 
     def run(self) -> None:
         while not self.stop_event.wait(0.2):
+            if not self.space.ok():  # the outputs disk is full: new files wait where they are
+                continue
             for path, root, attempts in self.settler.ready():
                 if self.stop_event.is_set():
                     return

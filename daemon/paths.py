@@ -50,10 +50,21 @@ def place(path: Path, root: Path, levels: list[str]) -> tuple[str, str]:
     return found["site"], found["location"]
 
 
-def safe_part(text: str) -> str:
-    """One path component made of `text`: no separators, control characters or leading dots."""
+def safe_part(text: str, max_bytes: int = 200) -> str:
+    """One path component made of `text`: no separators, control characters or leading dots, and at most
+    `max_bytes` of UTF-8 (file systems allow 255), keeping a short extension, so that suffixes added to it
+    (`__segment_taping_area.png`, `.error.txt`) still fit."""
     cleaned = re.sub(r"[\x00-\x1f\x7f/\\]", "_", text).strip().lstrip(".")
-    return cleaned[:200] or "_"
+    if len(cleaned.encode()) > max_bytes:
+        stem, dot, ext = cleaned.rpartition(".")
+        ext = dot + ext if dot and len(ext.encode()) <= 10 else ""
+        cleaned = _cut(stem if ext else cleaned, max_bytes - len(ext.encode())) + ext
+    return cleaned or "_"
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never inside a character."""
+    return text.encode()[:max_bytes].decode("utf-8", "ignore")
 
 
 def inside(path: Path, folder: Path) -> bool:

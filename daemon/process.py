@@ -37,8 +37,10 @@ from daemon.config import TASKS, Config
 from daemon.intake import displayed_size
 from daemon.measure import measure
 from daemon.paths import move_into, present, quarantine, safe_part
+from daemon.space import Space, no_space
 from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
 from model.errors import QAError
+from model.files import write_atomic
 from model.masks import binary_mask, mask_name, overlay, write_png
 from model.segmenter import Segmenter, load_checkpoint
 
@@ -110,10 +112,10 @@ class Processor(threading.Thread):
     """Claims queued photos in batches and processes them; the only thread that runs the model."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, model: Segmenter,
-                 model_version_id: int, work_ready: threading.Event, roots: list[Path]):
+                 model_version_id: int, work_ready: threading.Event, roots: list[Path], space: Space):
         super().__init__(name="processor", daemon=True)
         self.config, self.stop_event, self.store, self.model = config, stop_event, store, model
-        self.model_version_id, self.work_ready, self.roots = model_version_id, work_ready, roots
+        self.model_version_id, self.work_ready, self.roots, self.space = model_version_id, work_ready, roots, space
         self.prompts = {t: config.prompts.for_task(t).canonical for t in TASKS}
         self.batch_size = config.model.batch_size  # lowered for good after a CUDA out-of-memory
         if model.device.type == "cuda":
@@ -126,6 +128,9 @@ class Processor(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            if not self.space.ok():  # the outputs disk is full: the queue waits
+                self.stop_event.wait(1.0)
+                continue
             try:
                 self.follow_promotions()
                 jobs = self.store.claim(self.batch_size, self.worker)
@@ -158,8 +163,10 @@ class Processor(threading.Thread):
             model, _ = load_checkpoint(Path(active.path), self.model.device)
             warm_up(model, self.config)
         except (QAError, OSError, RuntimeError) as exc:
-            self.refused_version = active.id
-            log.error("model version %s cannot be loaded (%s); keeping the current model", active.name, exc)
+            self.refused_version = active.id  # should the store not take the rejection below
+            log.error("model version %s cannot be loaded (%s); it is marked rejected and the current model "
+                      "stays; fix it and `qa-daemon model promote` it again", active.name, exc)
+            self.store.reject(active.id, keep_id=self.model_version_id)
             return
         self.model, self.model_version_id, self.side = model, active.id, 2 * model.input_size
         log.info("switched to model version %s (%s)", active.name, active.path)
@@ -243,9 +250,7 @@ class Processor(threading.Thread):
                                     [cv2.IMWRITE_JPEG_QUALITY, 85])
             if not ok:
                 raise OSError(f"{over}: JPEG encoding failed")
-            tmp = over.with_name(f".{over.name}.tmp")
-            tmp.write_bytes(data.tobytes())
-            tmp.replace(over)
+            write_atomic(over, data.tobytes())
         ms = d.ms + infer_ms + (time.perf_counter() - start) * 1000
         return PhotoResult(out_dir, over, ms, detections)
 
@@ -285,16 +290,30 @@ class Processor(threading.Thread):
             return work()
         except RootMissing as exc:
             self.failed(job, str(exc), count=False)
-        except FileNotFoundError:
-            self.failed(job, "the file disappeared before it was processed")
         except Image.DecompressionBombError as exc:
             self.failed(job, f"too many pixels to decode safely ({exc})", final=True)
         except OSError as exc:
-            where = "writing the results failed" if outputs else "the photo could not be decoded"
-            self.failed(job, f"{where}: {exc}", count=not outputs)
+            if outputs:
+                if no_space(exc):
+                    self.space.full(str(exc))
+                self.failed(job, f"writing the results failed: {exc}", count=False)
+            elif isinstance(exc, FileNotFoundError):
+                self.vanished(job)
+            else:
+                self.failed(job, f"the photo could not be decoded: {exc}")
         except Exception as exc:  # noqa: BLE001 - anything else is this photo's failure, never the daemon's
             self.failed(job, f"{type(exc).__name__}: {exc}")
         return None
+
+    def vanished(self, job: Claimed) -> None:
+        """The photo's file is gone: moved (queued again at its new place) or it waits for the file to be back."""
+        try:
+            if self.store.vanished(job):
+                log.info("%s: moved before it was processed; queued again at its new place", job.path)
+            else:
+                log.warning("%s: vanished before it was processed; it is taken again if it reappears", job.path)
+        except (SQLAlchemyError, StoreError) as exc:  # the job stays running; recover() requeues it at restart
+            log.error("%s: vanished, and that could not be recorded (%s)", job.path, exc)
 
     def failed(self, job: Claimed, error: str, final: bool = False, count: bool = True) -> None:
         """Retry later with backoff, or after the last attempt quarantine the photo; never raises."""

@@ -67,6 +67,8 @@ class JobStatus(StrEnum):
     running = "running"  # claimed by a processor; back to pending if that process dies
     done = "done"  # results stored
     failed = "failed"  # gave up after watch.max_attempts; the file went to quarantine
+    missing = "missing"  # the file vanished before it was processed (deleted, moved, share unmounted);
+    # taken again when the same bytes reappear, at its path or elsewhere
 
 
 class Base(DeclarativeBase):
@@ -204,6 +206,7 @@ class Daemon(Base):
     worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    paused: Mapped[str | None] = mapped_column(Text)  # why it takes no work now (a full disk), or None
 
 
 class LabeledImage(Base):
@@ -284,11 +287,14 @@ class PhotoResult:
 
 
 def redact(url: str) -> str:
-    """The store URL without its password, fit for logs and status output."""
+    """The store URL without its password (in the user part or the query, e.g. `sslpassword`), fit for logs,
+    messages and status output."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
     except ArgumentError:
-        return url
+        return "(not a database URL)"  # it could be anything, a password included
+    secrets = {k: "***" for k in u.query if "pass" in k.lower() and k.lower() != "passfile"}
+    return u.update_query_dict(secrets).render_as_string(hide_password=True)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -301,7 +307,8 @@ def _engine(url: str) -> Engine:
     try:
         u: URL = make_url(url)
     except ArgumentError:
-        raise StoreError(f"store.url: {url!r} is not a database URL; use e.g. sqlite:///qa-daemon.sqlite3") from None
+        raise StoreError(f"store.url is not a database URL (it begins {url.split(':', 1)[0][:20]!r}); "
+                         "use e.g. sqlite:///qa-daemon.sqlite3") from None
     if u.get_backend_name() == "sqlite":
         path = sqlite_path(url)
         if path is not None and not path.parent.is_dir():
@@ -366,6 +373,9 @@ class Store:
         try:
             if migrate_schema:
                 migrate(engine)
+            else:  # a clear message now, rather than a traceback at the first query
+                with engine.connect():
+                    pass
         except SQLAlchemyError as exc:
             raise StoreError(f"store.url: cannot open {redact(url)} ({getattr(exc, 'orig', exc)}); "
                              "check the URL, the server and the permissions") from None
@@ -421,6 +431,13 @@ class Store:
                 active = self._register(s, path.name, path, backend, weights_sha256, card)
                 self._activate(s, active)
             return active
+
+    def reject(self, version_id: int, keep_id: int | None) -> None:
+        """A promoted version that cannot be loaded: marked rejected, and `keep_id` (the one that runs) active."""
+        with self.session.begin() as s:
+            s.execute(update(ModelVersion).where(ModelVersion.id == version_id).values(active=False, status="rejected"))
+            if keep_id is not None:
+                self._activate(s, s.get(ModelVersion, keep_id))
 
     def set_status(self, version_id: int, status: str) -> None:
         with self.session.begin() as s:
@@ -534,7 +551,9 @@ class Store:
     def known_files(self) -> set[tuple[str, int, int]]:
         """(path, size, mtime_ns) of every file already taken; a rescan skips these without reading them."""
         with self.reader() as s:
-            return {tuple(r) for r in s.execute(select(SeenFile.path, SeenFile.size, SeenFile.mtime_ns))}
+            return {tuple(r) for r in s.execute(
+                select(SeenFile.path, SeenFile.size, SeenFile.mtime_ns).join(Job, Job.photo_id == SeenFile.photo_id)
+                .where(Job.status != JobStatus.missing))}
 
     def add_photo(self, f: Identified) -> Added:
         """Record a new photo with its pending job, or a duplicate of a known one; one transaction."""
@@ -549,22 +568,28 @@ class Store:
         key = dict(path=str(f.path), size=f.size, mtime_ns=f.mtime_ns)
         with self.session.begin() as s:
             seen = s.scalar(select(SeenFile).filter_by(**key))
-            if seen is not None:  # a second event for a file already taken
+            if seen is not None:  # a second event for a file already taken, or a vanished file back
+                job = s.scalar(select(Job).where(Job.photo_id == seen.photo_id))
+                if job.status == JobStatus.missing:
+                    self._requeue(s, job, f.path)
+                    return Added(seen.photo_id, "new")
                 return Added(seen.photo_id, "known")
             first = s.scalar(select(Photo).where(Photo.sha256 == f.sha256))
             if first is not None:
                 job = s.scalar(select(Job).where(Job.photo_id == first.id))
-                if job.status == JobStatus.failed:  # given up on before: dropping it again retries it
-                    job.status, job.attempts, job.next_attempt_at, job.updated_at = (
-                        JobStatus.pending, 0, utcnow(), utcnow())
-                    first.path = str(f.path)
+                if job.status in (JobStatus.failed, JobStatus.missing):  # dropping it again retries it
+                    self._requeue(s, job, f.path)
                     s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id))
                     return Added(first.id, "new")
-                # the same bytes at a path already seen (a touched file) are that file again, not a new copy
+                # the same bytes at a path already seen (a touched file) are that file again, and the same bytes
+                # where the old file is gone were moved: neither is a new copy
                 before = s.scalar(select(SeenFile).where(SeenFile.photo_id == first.id, SeenFile.path == str(f.path))
                                   .order_by(SeenFile.id.desc()).limit(1))
-                if before is not None:
-                    s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id, duplicate=before.duplicate))
+                if before is not None or not os.path.lexists(first.path):
+                    if before is None:
+                        first.path = str(f.path)  # a processor holding the old path sees it moved (`vanished`)
+                    s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id,
+                                   duplicate=before.duplicate if before else False))
                     return Added(first.id, "known")
                 s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id, duplicate=True))
                 return Added(first.id, "duplicate")
@@ -579,6 +604,12 @@ class Store:
             s.add(Job(photo_id=photo.id))
             s.add(SeenFile(**key, sha256=f.sha256, photo_id=photo.id))
             return Added(photo.id, "new")
+
+    @staticmethod
+    def _requeue(s: Session, job: Job, path: Path) -> None:
+        """A failed or vanished photo's file is here (again): queue it afresh, from this path."""
+        job.status, job.attempts, job.next_attempt_at, job.updated_at = JobStatus.pending, 0, utcnow(), utcnow()
+        s.execute(update(Photo).where(Photo.id == job.photo_id).values(path=str(path)))
 
     def record_failure(self, path: Path, stage: str, error: str, attempt: int, final: bool,
                        quarantined_to: Path | None = None, photo_id: int | None = None) -> None:
@@ -604,19 +635,20 @@ class Store:
                           .values(status=JobStatus.pending, worker=None, updated_at=utcnow())).rowcount
             return n, exhausted
 
-    def beat(self, worker: str) -> None:
-        """This daemon is alive."""
+    def beat(self, worker: str, paused: str | None = None) -> None:
+        """This daemon is alive (and takes no work now, for this reason, when `paused`)."""
         with self.session.begin() as s:
             row = s.get(Daemon, worker)
             if row is None:
-                s.add(Daemon(worker=worker))
+                s.add(Daemon(worker=worker, paused=paused))
             else:
-                row.seen_at = utcnow()
+                row.seen_at, row.paused = utcnow(), paused
 
-    def daemons_seen(self, within_s: float) -> int:
+    def daemons_seen(self, within_s: float) -> list[tuple[str, str | None]]:
+        """(worker, why paused or None) of the daemons alive within the last `within_s` seconds."""
         with self.reader() as s:
-            return s.scalar(select(func.count()).select_from(Daemon)
-                            .where(Daemon.seen_at >= utcnow() - timedelta(seconds=within_s))) or 0
+            return [tuple(r) for r in s.execute(select(Daemon.worker, Daemon.paused)
+                                                .where(Daemon.seen_at >= utcnow() - timedelta(seconds=within_s)))]
 
     def leave(self, worker: str) -> None:
         """This daemon stopped cleanly."""
@@ -676,6 +708,17 @@ class Store:
             s.add(Failure(path=str(job.path), stage="process", error=error, attempt=job.attempts,
                           photo_id=job.photo_id))
 
+    def vanished(self, job: Claimed) -> bool:
+        """The job's file is gone. True when the photo was seen elsewhere meanwhile (moved: queued again at
+        its new path, the attempt not counted); else the job waits, `missing`, for the file to reappear."""
+        with self.session.begin() as s:
+            path = s.scalar(select(Photo.path).where(Photo.id == job.photo_id))
+            moved = path != str(job.path)
+            s.execute(update(Job).where(Job.id == job.job_id).values(
+                status=JobStatus.pending if moved else JobStatus.missing, worker=None, updated_at=utcnow(),
+                attempts=job.attempts - 1, last_error=None if moved else "the file vanished before it was processed"))
+            return moved
+
     def give_up(self, job: Claimed, error: str, quarantined_to: Path | None) -> None:
         """The job failed for the last time; the file was moved to `quarantined_to`."""
         with self.session.begin() as s:
@@ -708,6 +751,7 @@ class Store:
                 "failed": by_status.get(JobStatus.failed, 0) + (s.scalar(
                     select(func.count()).select_from(Failure)
                     .where(Failure.final, Failure.photo_id.is_(None))) or 0),
+                "missing": by_status.get(JobStatus.missing, 0),
                 "duplicates": s.scalar(select(func.count(SeenFile.path.distinct())).where(SeenFile.duplicate)) or 0,
                 "processed_today": s.scalar(select(func.count()).select_from(Photo)
                                             .where(Photo.processed_at >= today_start_utc)) or 0,

@@ -83,8 +83,8 @@ class Watcher(threading.Thread):
             return
         if any(inside(path, folder) for folder in self.excluded if inside(folder, root)):
             return
-        if path.is_symlink() and not inside(path, root):
-            log.debug("%s: a link pointing outside %s; not followed", path, root)
+        if not inside(path, root):  # the file, or a folder on its way, links outside the root
+            log.debug("%s: reached through a link pointing outside %s; not followed", path, root)
             return
         self.settler.offer(path, root)
 

@@ -8,7 +8,6 @@ safely (such as the `/` of "segment joint/tape") become `-`.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 
 from model.data import read_rgb
 from model.errors import DataError
+from model.files import write_atomic
 from model.labels import IMAGE_SUFFIXES
 from model.segmenter import Segmenter
 
@@ -38,9 +38,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise DataError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    write_atomic(path, data.tobytes())
 
 
 def binary_mask(prob: np.ndarray, threshold: float) -> np.ndarray:

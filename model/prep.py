@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,6 +27,7 @@ from rich.progress import track
 
 from model import coco, voc, yolo
 from model.errors import DataError
+from model.files import write_atomic
 from model.labels import LabeledImage, Problem, rasterize, source_stem
 
 READERS = {"voc": voc.read, "yolo": yolo.read, "coco": coco.read}
@@ -225,7 +226,7 @@ def prepare(sources: list[Source], out: Path, prompts: dict[str, str], policy: S
     records = [{**asdict(r), "mask": Path(r.mask).relative_to(out).as_posix()} for r in rows]
     _write_csv(out / MANIFEST, [f.name for f in fields(Row)], records)
     _write_csv(out / PROBLEMS, ["path", "reason"], [{"path": str(p.path), "reason": p.reason} for p in problems])
-    _atomic_write(cache_path, json.dumps(new_cache).encode())
+    write_atomic(cache_path, json.dumps(new_cache).encode())
     return PrepResult(rows, problems, moves, decoded)
 
 
@@ -245,7 +246,7 @@ def _make_mask(item: LabeledImage, path: Path, problems: list[Problem]) -> dict 
     if not ok:
         raise DataError(f"{path}: PNG encoding failed")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, png.tobytes())
+    write_atomic(path, png.tobytes())
     return {"width": width, "height": height, "mask_area": round(float(np.count_nonzero(mask)) / mask.size, 6)}
 
 
@@ -284,16 +285,9 @@ def _remove_stale_masks(out: Path, keep: set[Path]) -> None:
 
 
 def _write_csv(path: Path, columns: list[str], records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(records)
+    write_atomic(path, text.getvalue())
 

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.errors import CheckpointError
+from model.files import write_atomic
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -208,9 +209,7 @@ def save_checkpoint(model: Segmenter, folder: Path, card: Card, dtype: torch.dty
     tmp = folder / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"backend": model.backend})
     tmp.replace(folder / WEIGHTS)
-    tmp = folder / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(asdict(card), indent=2, default=str) + "\n")
-    tmp.replace(folder / CARD)
+    write_atomic(folder / CARD, json.dumps(asdict(card), indent=2, default=str) + "\n")
     return folder
 
 

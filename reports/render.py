@@ -5,7 +5,8 @@
     render_report(summary, Path("reports/out"), self_contained=True)  # thumbnails inlined: one file to mail
 
 `summary` is plain data (dicts, lists, strings, numbers, None) that the daemon side computes
-from the store; this package never imports `daemon/` or `model/`, so it is tested with a dict.
+from the store; this package never imports `daemon/` or the model code (only `model.files`, for atomic
+writes), so it is tested with a dict.
 Every string from the summary is escaped by the templates (autoescape on, nothing given is ever
 marked safe); only the charts go in as markup, and `reports.charts` builds those from numbers.
 The pages have no JavaScript and load nothing from the network.
@@ -20,14 +21,12 @@ Files written under `out_dir`, each atomically (a reader sees the old file or th
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import hashlib
 import io
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import date
 from html.parser import HTMLParser
@@ -38,6 +37,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 from PIL import Image, ImageOps
 
+from model.files import write_atomic
 from reports.charts import finite, line_chart
 
 log = logging.getLogger("qa-daemon")
@@ -111,20 +111,6 @@ def environment() -> Environment:
 
 
 # ---- files ---------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file beside it, so no reader sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; reports are meant to be served and shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
 
 def safe_name(text: str) -> str:
     """`text` usable in a file name: only letters, digits, '_', '.' and '-'."""

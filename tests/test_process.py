@@ -16,6 +16,7 @@ from PIL import Image
 from daemon.config import Config, OutputsConfig, WatchConfig
 from daemon.intake import identify
 from daemon.process import Processor, decode
+from daemon.space import Space
 from daemon.store import Store
 from model.segmenter import load_checkpoint
 
@@ -39,7 +40,8 @@ def setup(tmp_path, tiny_checkpoint):
     store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
     model, _ = load_checkpoint(tiny_checkpoint)
     version = store.register_model("tiny", tiny_checkpoint, "compact", "0" * 64, {})
-    processor = Processor(config, threading.Event(), store, model, version, threading.Event(), [root])
+    space = Space(config.outputs.dir, 0, store, "t", check_s=0)
+    processor = Processor(config, threading.Event(), store, model, version, threading.Event(), [root], space)
     yield root, store, processor
     processor.pool.shutdown()
     store.close()
@@ -100,3 +102,78 @@ def test_photos_whose_share_is_unmounted_wait_without_using_up_their_attempts(se
     time.sleep(1.1)  # the retry is due a second later
     processor.process(store.claim(8, "t"))
     assert store.counts(datetime(2000, 1, 1))["processed"] == 1
+
+
+def test_a_photo_that_vanishes_before_processing_waits_and_is_processed_when_it_reappears(setup, tmp_path):
+    root, store, processor = setup
+    queue(store, root, photo(root / "tower-a" / "a.jpg"))
+    (root / "tower-a" / "a.jpg").rename(tmp_path / "away.jpg")  # deleted, or its share unmounted under it
+    processor.process(store.claim(8, "t"))
+    counts = store.counts(datetime(2000, 1, 1))
+    assert (counts["missing"], counts["failed"], counts["pending"]) == (1, 0, 0)
+    assert not processor.config.outputs.quarantine.exists()
+    (tmp_path / "away.jpg").rename(root / "tower-a" / "a.jpg")  # the same file back: the rescan offers it
+    assert str(root / "tower-a" / "a.jpg") not in {p for p, _, _ in store.known_files()}
+    assert store.add_photo(identify(root / "tower-a" / "a.jpg", root, ["site", "location"])).kind == "new"
+    processor.process(store.claim(8, "t"))
+    counts = store.counts(datetime(2000, 1, 1))
+    assert (counts["processed"], counts["missing"], counts["duplicates"]) == (1, 0, 0)
+
+
+def test_a_photo_moved_inside_the_root_before_processing_is_processed_at_its_new_place_not_as_a_copy(setup):
+    root, store, processor = setup
+    queue(store, root, photo(root / "tower-a" / "a.jpg"))
+    jobs = store.claim(8, "t")  # in hand when the crew moves it
+    (root / "tower-b").mkdir()
+    (root / "tower-a" / "a.jpg").rename(root / "tower-b" / "a.jpg")
+    assert store.add_photo(identify(root / "tower-b" / "a.jpg", root, ["site", "location"])).kind == "known"
+    processor.process(jobs)  # the old path is gone: queued again at the new one, no attempt used
+    processor.process(store.claim(8, "t"))
+    counts = store.counts(datetime(2000, 1, 1))
+    assert (counts["processed"], counts["missing"], counts["duplicates"], counts["failed"]) == (1, 0, 0, 0)
+
+
+def test_a_full_outputs_disk_pauses_work_records_it_and_uses_no_attempts(setup, monkeypatch):
+    import errno
+
+    from sqlalchemy import select
+
+    from daemon import process
+    from daemon.store import Failure
+
+    root, store, processor = setup
+    queue(store, root, photo(root / "a.jpg"))
+
+    def full(path, image):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(process, "write_png", full)
+    for _ in range(3):  # more failures than max_attempts
+        processor.process(store.claim(8, "t"))
+        time.sleep(1.1)
+    assert processor.space.paused and "No space left" in processor.space.paused
+    counts = store.counts(datetime(2000, 1, 1))
+    assert (counts["pending"], counts["failed"]) == (1, 0)
+    with store.reader() as s:
+        assert [f.stage for f in s.scalars(select(Failure).where(Failure.stage == "outputs"))] == ["outputs"]
+
+
+def test_the_pause_ends_by_itself_when_space_returns(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from daemon import space as space_module
+
+    store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
+    free = {"mb": 50}
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(space_module.shutil, "disk_usage", lambda _: usage(0, 0, free["mb"] * 2**20))
+    space = Space(tmp_path / "out", 100, store, "t", check_s=0)
+    assert not space.ok() and "below outputs.min_free_mb" in space.paused
+    free["mb"] = 500
+    assert space.ok() and space.paused is None
+    space.full("No space left on device")  # a quota or a reserve: free space said yes, the write said no
+    assert not space.ok()
+    free["mb"] = 502
+    assert space.ok()
+    assert store.daemons_seen(60) == [("t", None)]
+    store.close()

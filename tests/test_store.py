@@ -24,6 +24,8 @@ from daemon.store import (
 
 
 def identified(path: Path, sha: str, site: str = "tower-a", mtime_ns: int = 1) -> Identified:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()  # the file is there, as when intake identifies it
     return Identified(path=path, sha256=sha * 64 if len(sha) == 1 else sha, size=100, mtime_ns=mtime_ns, site=site,
                       location="L3", captured_at=datetime(2026, 11, 24, 9, 30), captured_from="exif",
                       width=640, height=480)
@@ -104,7 +106,11 @@ def test_same_bytes_under_another_name_are_a_duplicate_and_the_same_file_again_i
     assert (dup.kind, dup.photo_id) == ("duplicate", first.photo_id)
     counts = store.counts(datetime(2000, 1, 1))
     assert (counts["pending"], counts["duplicates"]) == (1, 1)
-    assert len(store.claim(8, "w")) == 1
+    (tmp_path / "a.jpg").unlink()  # gone from its place: the same bytes elsewhere were moved, not copied
+    assert store.add_photo(identified(tmp_path / "moved" / "a.jpg", "a")).kind == "known"
+    [job] = store.claim(8, "w")
+    assert job.path == tmp_path / "moved" / "a.jpg"
+    assert store.counts(datetime(2000, 1, 1))["duplicates"] == 1
 
 
 def test_photos_with_the_same_name_at_one_site_get_distinct_image_ids(store, tmp_path):
