@@ -125,6 +125,7 @@ class Processor(threading.Thread):
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="photo")  # cv2 and Pillow free the GIL
         self.processed = 0
         self.checked_model_at, self.refused_version = 0.0, None
+        self.stranded = False  # a job's outcome could not be recorded: it is still `running` in the store
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -132,6 +133,10 @@ class Processor(threading.Thread):
                 self.stop_event.wait(1.0)
                 continue
             try:
+                if self.stranded:  # between batches nothing is in hand: our running jobs go back to the queue
+                    if n := self.store.release(self.worker):
+                        log.info("%d photos whose outcome could not be recorded are queued again", n)
+                    self.stranded = False
                 self.follow_promotions()
                 jobs = self.store.claim(self.batch_size, self.worker)
             except SQLAlchemyError as exc:
@@ -312,7 +317,8 @@ class Processor(threading.Thread):
                 log.info("%s: moved before it was processed; queued again at its new place", job.path)
             else:
                 log.warning("%s: vanished before it was processed; it is taken again if it reappears", job.path)
-        except (SQLAlchemyError, StoreError) as exc:  # the job stays running; recover() requeues it at restart
+        except (SQLAlchemyError, StoreError) as exc:  # still running in the store: released before the next batch
+            self.stranded = True
             log.error("%s: vanished, and that could not be recorded (%s)", job.path, exc)
 
     def failed(self, job: Claimed, error: str, final: bool = False, count: bool = True) -> None:
@@ -332,7 +338,8 @@ class Processor(threading.Thread):
                 delay = w.retry_backoff_s * 2 ** (job.attempts - 1) if count else max(w.retry_backoff_s, 1.0)
                 self.store.retry_later(job, error, delay, count=count)
                 log.warning("%s: %s; retrying in %.0f s", job.path, error, delay)
-        except (SQLAlchemyError, StoreError) as exc:  # the job stays running; recover() requeues it at restart
+        except (SQLAlchemyError, StoreError) as exc:  # still running in the store: released before the next batch
+            self.stranded = True
             log.error("%s: failure could not be recorded (%s)", job.path, exc)
 
 

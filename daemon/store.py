@@ -635,6 +635,13 @@ class Store:
                           .values(status=JobStatus.pending, worker=None, updated_at=utcnow())).rowcount
             return n, exhausted
 
+    def release(self, worker: str) -> int:
+        """Put `worker`'s running jobs back to pending, the attempt not counted: their outcome could not be
+        recorded (the store was locked or down). Only between batches, when the worker has none in hand."""
+        with self.session.begin() as s:
+            return s.execute(update(Job).where(Job.status == JobStatus.running, Job.worker == worker).values(
+                status=JobStatus.pending, worker=None, attempts=Job.attempts - 1, updated_at=utcnow())).rowcount
+
     def beat(self, worker: str, paused: str | None = None) -> None:
         """This daemon is alive (and takes no work now, for this reason, when `paused`)."""
         with self.session.begin() as s:

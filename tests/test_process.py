@@ -177,3 +177,26 @@ def test_the_pause_ends_by_itself_when_space_returns(tmp_path, monkeypatch):
     assert space.ok()
     assert store.daemons_seen(60) == [("t", None)]
     store.close()
+
+
+def test_a_photo_whose_failure_could_not_be_recorded_is_queued_again_before_the_next_batch(setup, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    root, store, processor = setup
+    queue(store, root, photo(root / "a.jpg"))
+    [job] = store.claim(8, processor.worker)
+
+    def locked(*args, **kwargs):
+        raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "retry_later", locked)
+    processor.failed(job, "writing the results failed: disk trouble", count=False)
+    assert store.counts(datetime(2000, 1, 1))["pending"] == 1 and processor.stranded  # still `running`
+    monkeypatch.undo()
+    processor.start()  # the daemon's loop: the stranded job goes back to the queue and is processed
+    deadline = time.monotonic() + 30
+    while store.counts(datetime(2000, 1, 1))["processed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    processor.stop_event.set()
+    processor.join(timeout=30)
+    assert store.counts(datetime(2000, 1, 1))["processed"] == 1
