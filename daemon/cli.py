@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import DEFAULT_CONFIG, TASKS, Config, ConfigError, StoreConfig, load_config
+from daemon.config import DEFAULT_CONFIG, STORE_ENV, TASKS, Config, ConfigError, StoreConfig, load_config
 from model.errors import QAError
 
 app = typer.Typer(
@@ -35,10 +35,10 @@ def _root(
         "--config", "-c", envvar="QA_DAEMON_CONFIG", show_envvar=True,
         help="Config file to use.", dir_okay=False)] = DEFAULT_CONFIG,
 ) -> None:
-    from click.core import ParameterSource
-
-    # without --config or QA_DAEMON_CONFIG, a missing ./config.yaml means the defaults
-    ctx.obj = {"config_path": config, "missing_ok": ctx.get_parameter_source("config") == ParameterSource.DEFAULT}
+    # without --config or QA_DAEMON_CONFIG, a missing ./config.yaml means the defaults (compared by name: typer
+    # may bring its own copy of click, whose ParameterSource is not click.core's)
+    source = ctx.get_parameter_source("config")
+    ctx.obj = {"config_path": config, "missing_ok": getattr(source, "name", None) == "DEFAULT"}
 
 
 def _config(ctx: typer.Context) -> Config:
@@ -299,7 +299,7 @@ def run(
     ctx: typer.Context,
     watch: Annotated[list[Path] | None, typer.Option(
         "--watch", "-w", help="Folder to watch; repeat for several [config watch.roots].")] = None,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
     outputs: Annotated[Path | None, typer.Option(help="Where masks and overlays go [config outputs.dir].")] = None,
     polling: Annotated[bool | None, typer.Option(
         "--polling/--events", help="Poll the folders (network shares) or use OS events [config watch.polling].",
@@ -342,7 +342,7 @@ def run(
 def retrain(
     ctx: typer.Context,
     steps: Annotated[int | None, typer.Option(help="Fine-tuning steps [config retrain.steps].")] = None,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
     request: Annotated[int | None, typer.Option(help="The retrain request this run answers (set by the daemon).",
                                                 hidden=True)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -400,7 +400,7 @@ def report(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder [config schedule.reports_dir].")] = None,
     self_contained: Annotated[bool, typer.Option(help="Inline thumbnails so the file can be mailed.")] = False,
     weekly: Annotated[bool, typer.Option(help="The week (Monday to Sunday) that holds --date.")] = False,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
 ) -> None:
     """Render the HTML QA report of a day (photos by capture day), and the index of all reports.
 
@@ -434,7 +434,7 @@ def history(
     group_by: Annotated[GroupBy, typer.Option(help="Row per day, week or month.")] = GroupBy.day,
     prompt: Annotated[str | None, typer.Option(help="Only this prompt's figures (or a synonym).")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
 ) -> None:
     """Trend rows from the results store: photos, share with cracks, mean crack %, crack length, severity.
 
@@ -484,7 +484,7 @@ app.add_typer(model_app, name="model")
 @model_app.command("list")
 def model_list(
     ctx: typer.Context,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every model version the store knows, with its status and validation metrics.
@@ -518,7 +518,7 @@ def model_list(
 def model_promote(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="Version id or name (see `qa-daemon model list`).")],
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
 ) -> None:
     """Make a version the active one; a running daemon switches to it between batches.
 
@@ -530,7 +530,7 @@ def model_promote(
 @model_app.command("rollback")
 def model_rollback(
     ctx: typer.Context,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
 ) -> None:
     """Make the version promoted before the active one active again.
 
@@ -551,7 +551,7 @@ def _change_active(ctx: typer.Context, store: str | None, change) -> None:
 @app.command()
 def status(
     ctx: typer.Context,
-    store: Annotated[str | None, typer.Option(help=STORE_HELP)] = None,
+    store: Annotated[str | None, typer.Option(help=STORE_HELP, envvar=STORE_ENV)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show whether the daemon runs, its queue (processed, pending, failed, duplicates), the model, recent failures.

@@ -22,6 +22,7 @@ from model.errors import QAError
 Task = Literal["crack", "taping"]
 TASKS: tuple[Task, ...] = ("crack", "taping")
 DEFAULT_CONFIG = Path("config.yaml")
+STORE_ENV = "QA_DAEMON_STORE"  # --store's variable: keeps a URL with a password out of the process list
 # the model shipped inside the package, so `qa-daemon run --watch DIR` works without a config file
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "compact-v1"
 LAYOUT_FIELDS = ("site", "location", "_")

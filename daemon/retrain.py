@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from daemon.config import TASKS, Config
+from daemon.config import STORE_ENV, TASKS, Config
 from daemon.paths import PHOTO_SUFFIXES
 from daemon.store import Store
 from model.errors import DataError
@@ -67,10 +68,13 @@ def start_retrain(config: Config, request: int) -> subprocess.Popen:
     config.train.out.mkdir(parents=True, exist_ok=True)
     log_path = config.train.out / f"retrain-{request}.log"
     log.info("starting `qa-daemon retrain` for request %d; log: %s", request, log_path)
+    config_option = ["--config", str(config.source)] if config.source.is_file() else []  # else: the defaults
+    # the store the daemon runs on (it may come from --store), through the environment: a URL's password
+    # must not show in the process list
+    env = {**os.environ, STORE_ENV: config.store.url}
     with log_path.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(config.source), "retrain",
-                                 "--request", str(request), "--quiet"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "daemon", *config_option, "retrain", "--request", str(request),
+                                 "--quiet"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 @dataclass

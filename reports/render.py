@@ -119,7 +119,8 @@ def safe_name(text: str) -> str:
 
 def report_name(kind: str, day: str, site: str | None) -> str:
     """The report's file name: 'daily-2026-11-24.html', 'weekly-2026-11-23-tower-a.html'."""
-    return f"{kind}-{day}.html" if site is None else f"{kind}-{day}-{safe_name(site)}.html"
+    # safe_name is ASCII: 150 characters keep the whole name well under the 255 bytes file systems allow
+    return f"{kind}-{day}.html" if site is None else f"{kind}-{day}-{safe_name(site)[:150]}.html"
 
 
 def _checked(summary: dict) -> tuple[str, str, str | None]:

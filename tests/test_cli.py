@@ -54,3 +54,20 @@ def test_status_reports_the_queue_as_json(cli, tmp_path):
     assert {k: state[k] for k in ("running", "processed", "pending", "failed", "duplicates", "processed_today")} == {
         "running": False, "processed": 0, "pending": 0, "failed": 0, "duplicates": 0, "processed_today": 0}
     assert state["store"] == url
+
+
+def test_without_a_config_file_the_defaults_apply(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no config.yaml here
+    result = cli("status")
+    assert result.code == 2
+    assert "config file not found" not in result.stderr
+    assert "qa-daemon.sqlite3 does not exist yet" in result.stderr  # the default store.url
+
+
+def test_the_store_url_can_come_from_the_environment_so_that_no_process_list_shows_its_password(cli, tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QA_DAEMON_STORE", "postgresql+psycopg://qa:S3cretX@/qa?host=/nonexistent")
+    result = cli("status")
+    assert result.code == 2 and "cannot open postgresql+psycopg://qa:***@" in result.stderr
+    assert "S3cretX" not in result.stderr

@@ -85,3 +85,21 @@ def test_a_candidate_worse_than_max_regression_on_either_task_is_not_promoted(ca
     ok, reason = gate(scores, max_regression=0.02)
     assert ok is promoted
     assert ("would drop" in reason) is not promoted
+
+
+def test_an_automatic_retrain_uses_the_daemons_store_without_showing_it_in_the_process_list(tmp_path, monkeypatch):
+    from daemon import retrain
+    from daemon.config import Config, StoreConfig, TrainConfig
+
+    started = {}
+
+    class Popen:
+        def __init__(self, args, **kwargs):
+            started.update(args=args, env=kwargs["env"])
+
+    monkeypatch.setattr(retrain.subprocess, "Popen", Popen)
+    url = "postgresql+psycopg://qa:S3cretX@db/qa"  # given with --store, not in the (absent) config file
+    config = Config(source=tmp_path / "config.yaml", store=StoreConfig(url=url), train=TrainConfig(out=tmp_path))
+    retrain.start_retrain(config, 7)
+    assert started["env"]["QA_DAEMON_STORE"] == url
+    assert "S3cretX" not in " ".join(started["args"]) and "--config" not in started["args"]
