@@ -299,9 +299,10 @@ class Processor(threading.Thread):
             self.failed(job, f"too many pixels to decode safely ({exc})", final=True)
         except OSError as exc:
             if outputs:
-                if no_space(exc):
-                    self.space.full(str(exc))
-                self.failed(job, f"writing the results failed: {exc}", count=False)
+                full = no_space(exc)
+                if full:
+                    self.space.full(str(exc))  # the pause holds the queue; the photo is due as soon as it ends
+                self.failed(job, f"writing the results failed: {exc}", count=False, delay_s=0.0 if full else None)
             elif isinstance(exc, FileNotFoundError):
                 self.vanished(job)
             else:
@@ -321,8 +322,10 @@ class Processor(threading.Thread):
             self.stranded = True
             log.error("%s: vanished, and that could not be recorded (%s)", job.path, exc)
 
-    def failed(self, job: Claimed, error: str, final: bool = False, count: bool = True) -> None:
-        """Retry later with backoff, or after the last attempt quarantine the photo; never raises."""
+    def failed(self, job: Claimed, error: str, final: bool = False, count: bool = True,
+               delay_s: float | None = None) -> None:
+        """Retry later with backoff (or after `delay_s`), or after the last attempt quarantine the photo;
+        never raises."""
         w = self.config.watch
         try:
             if final or (count and job.attempts >= w.max_attempts):
@@ -335,9 +338,10 @@ class Processor(threading.Thread):
                 self.store.give_up(job, error, moved)
                 log.warning("%s: failed %d times, quarantined to %s: %s", job.path, job.attempts, moved, error)
             else:
-                delay = w.retry_backoff_s * 2 ** (job.attempts - 1) if count else max(w.retry_backoff_s, 1.0)
-                self.store.retry_later(job, error, delay, count=count)
-                log.warning("%s: %s; retrying in %.0f s", job.path, error, delay)
+                if delay_s is None:
+                    delay_s = w.retry_backoff_s * 2 ** (job.attempts - 1) if count else max(w.retry_backoff_s, 1.0)
+                self.store.retry_later(job, error, delay_s, count=count)
+                log.warning("%s: %s; retrying in %.0f s", job.path, error, delay_s)
         except (SQLAlchemyError, StoreError) as exc:  # still running in the store: released before the next batch
             self.stranded = True
             log.error("%s: failure could not be recorded (%s)", job.path, exc)

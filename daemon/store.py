@@ -555,6 +555,12 @@ class Store:
                 select(SeenFile.path, SeenFile.size, SeenFile.mtime_ns).join(Job, Job.photo_id == SeenFile.photo_id)
                 .where(Job.status != JobStatus.missing))}
 
+    def missing_files(self, limit: int = 1000) -> list[Path]:
+        """Where the files of `missing` photos were last seen, to notice them coming back."""
+        with self.reader() as s:
+            return [Path(p) for p in s.scalars(select(Photo.path).join(Job, Job.photo_id == Photo.id)
+                                               .where(Job.status == JobStatus.missing).limit(limit))]
+
     def add_photo(self, f: Identified) -> Added:
         """Record a new photo with its pending job, or a duplicate of a known one; one transaction."""
         for _ in range(3):  # a concurrent insert of the same bytes (another daemon) is a duplicate

@@ -7,7 +7,8 @@ start and every `watch.rescan_interval_s`. A rescan skips files already taken
 `Settler`, which decides when a file is complete.
 
 A root that disappears (an unmounted share) is reported once and watched for; it
-is never taken to mean that its photos were deleted.
+is never taken to mean that its photos were deleted. Photos whose files vanished before they were
+processed are looked for at every check, and taken again when they are back.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Watcher(threading.Thread):
                 if self.check_roots() or first or \
                         time.monotonic() - self.last_rescan >= self.config.watch.rescan_interval_s:
                     self.rescan()
+                self.look_for_missing()
             except Exception:  # noqa: BLE001 - a failing share or store must not stop the watching
                 log.exception("watching failed for now; trying again in %.0f s", period)
             first = False
@@ -128,6 +130,15 @@ class Watcher(threading.Thread):
         if watch is not None:
             with contextlib.suppress(KeyError, OSError):  # the emitter may have stopped with its folder
                 self.observer.unschedule(watch)
+
+    def look_for_missing(self) -> None:
+        """Offer the files of photos that vanished before processing, once they are back (a share that was
+        away for less than a check period looks the same before and after, so no rescan notices it)."""
+        for path in self.store.missing_files():
+            root = next((r for r in self.roots if path.is_relative_to(r)), None)
+            with contextlib.suppress(OSError):
+                if root is not None and path.is_file():
+                    self.consider(path, root)
 
     def rescan(self) -> int:
         """Walk every present root; offer each photo file not taken before. The number offered."""
