@@ -109,14 +109,14 @@ def commits_per_photo(*logs: Path) -> Counter:
     return Counter(m.group(1) for log in logs for m in line.finditer(log.read_text()))
 
 
-def config(home: Path, checkpoint: Path, **outputs) -> Path:
+def config(home: Path, checkpoint: Path) -> Path:
     path = home / "config.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"checkpoint": str(checkpoint), "device": "cpu", "batch_size": 4},
         "watch": {"roots": ["in"], "settle_s": 0.5, "retry_backoff_s": 0.5, "max_attempts": 3, "heartbeat_s": 1,
                   "incomplete_after_s": 1.0},
         "store": {"url": "sqlite:///qa.sqlite3"},
-        "outputs": {"dir": "out", "min_free_mb": 0, **outputs},
+        "outputs": {"dir": "out", "min_free_mb": 0},
         "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None},
     }))
     return path
