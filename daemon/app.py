@@ -32,13 +32,13 @@ from typing import Any
 from daemon.config import Config, ConfigError
 from daemon.intake import IntakeWorker, Settler
 from daemon.paths import present
-from daemon.process import Processor, warm_up
+from daemon.process import Processor, load_warm
 from daemon.schedule import Scheduler
 from daemon.space import Space
 from daemon.store import ModelVersion, Store, StoreLock, redact, sqlite_path, worker_name
 from daemon.watcher import Watcher
 from model.errors import QAError
-from model.segmenter import Segmenter, load_checkpoint, read_card, weights_sha256
+from model.segmenter import Segmenter, read_card, weights_sha256
 
 log = logging.getLogger("qa-daemon")
 
@@ -166,17 +166,13 @@ class App:
             log.info("model version %s was promoted since %s; running it (`qa-daemon model list`)",
                      version.name, configured)
             try:
-                model, _ = load_checkpoint(Path(version.path), config.model.device)
-                warm_up(model, config)
-                return version, model
+                return version, load_warm(Path(version.path), config.model.device, config)
             except (QAError, OSError, RuntimeError) as exc:
                 log.error("model version %s cannot be loaded (%s); it is marked rejected and %s runs instead; "
                           "fix it and `qa-daemon model promote` it again", version.name, exc, configured)
                 store.reject(version.id, keep_id=None)
                 version = store.startup_model(configured, card.backend, digest, asdict(card))
-        model, _ = load_checkpoint(configured, config.model.device)
-        warm_up(model, config)
-        return version, model
+        return version, load_warm(configured, config.model.device, config)
 
     def stop(self) -> None:
         if self.scheduler is not None:

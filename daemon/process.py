@@ -81,6 +81,13 @@ def warm_up(model: Segmenter, config: Config) -> None:
     model.predict([np.zeros((model.input_size, model.input_size, 3), np.uint8)], prompts)
 
 
+def load_warm(checkpoint: Path, device, config: Config) -> Segmenter:
+    """A checkpoint's model, loaded and warmed up: raises what loading raises (QAError, OSError, RuntimeError)."""
+    model, _ = load_checkpoint(checkpoint, device)
+    warm_up(model, config)
+    return model
+
+
 def gpu_batch_size(model: Segmenter, config: Config, headroom: float = 0.6) -> int:
     """The largest batch (up to `model.batch_size`) that fits in `headroom` of the GPU's free memory,
     from the memory one batch of two working-size photos takes."""
@@ -165,8 +172,7 @@ class Processor(threading.Thread):
         if active is None or active.id in (self.model_version_id, self.refused_version):
             return
         try:
-            model, _ = load_checkpoint(Path(active.path), self.model.device)
-            warm_up(model, self.config)
+            model = load_warm(Path(active.path), self.model.device, self.config)
         except (QAError, OSError, RuntimeError) as exc:
             self.refused_version = active.id  # should the store not take the rejection below
             log.error("model version %s cannot be loaded (%s); it is marked rejected and the current model "
