@@ -6,7 +6,7 @@
    of 4000x3000 photos, and 640x640 photos sent one per second (bench/daemon.py);
 2. model only: both prompts with one shared image encoding against one full pass per prompt;
 3. decoding a 4000x3000 JPEG to the working resolution, with and without draft mode;
-4. training throughput of the compact backend (batch 8, 320 px crops, forward + backward + step);
+4. training throughput: the real training loop with config.yaml's recipe on the prepared data;
 5. the daemon's peak resident memory.
 
 `--json` prints one object: photos_per_s_640, photos_per_s_4000x3000, p95_latency_s_640 (steady
@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 from bench import daemon as e2e
 from bench.inference import measure as model_only
 from daemon.process import decode, fit_within
-from model.segmenter import build, load_checkpoint
+from model.segmenter import load_checkpoint
 
 
 def decode_full(path: Path, side: int) -> np.ndarray:
@@ -54,25 +54,25 @@ def draft_decode(runs: int, side: int) -> dict:
     return {**timings, "side": side, "draft_decode_speedup": round(timings["full_ms"] / timings["draft_ms"], 2)}
 
 
-def train_throughput(steps: int, batch: int = 8, crop: int = 320) -> dict:
-    model = build("compact", {"input_size": crop}).train()
-    opt = torch.optim.AdamW(model.param_groups(1e-4))
-    prompts = ["segment crack", "segment taping area"] * (batch // 2)
-    pixels, target = torch.rand(batch, 3, crop, crop) * 255, (torch.rand(batch, 1, crop, crop) > 0.9).float()
+def train_throughput(steps: int, prepared: Path) -> dict:
+    """Images per second of the real training loop and recipe (config.yaml's `train:`, the shipped
+    architecture) on the prepared data: one epoch of `steps`, validation on two images per task excluded."""
+    import csv
 
-    def step() -> None:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(pixels, prompts), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    from daemon.config import load_config
+    from model.train import train
 
-    for _ in range(2):  # the first passes set up the runtime
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - start
-    return {"batch": batch, "crop": crop, "steps": steps, "train_images_per_s": round(steps * batch / seconds, 2)}
+    if not (prepared / "manifest.csv").is_file():
+        return {"skipped": f"{prepared}: no prepared data; run `qa-daemon prep` first"}
+    config = load_config(e2e.REPO / "config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = config.train_settings(prepared=prepared, out=Path(tmp) / "run", epochs=1, steps_per_epoch=steps,
+                                         max_val_images=2, progress=False)
+        train(settings)
+        with (Path(tmp) / "run" / "log.csv").open() as fh:
+            row = next(csv.DictReader(fh))
+    return {"batch": settings.batch_size, "crop": settings.augment.crop_size, "steps": steps,
+            "architecture": settings.model, "train_images_per_s": float(row["train_images_per_s"])}
 
 
 def main() -> None:
@@ -81,15 +81,17 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--checkpoint", type=Path, default=e2e.REPO / "model" / "weights" / "compact-v1")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prepared", type=Path, default=e2e.REPO / "data" / "prepared",
+                    help="prepared data for the training figure (qa-daemon prep)")
     args = ap.parse_args()
-    n = {"photos": 12, "large": 4, "steady": 5, "runs": 3, "train": 2} if args.quick else \
-        {"photos": 60, "large": 20, "steady": 30, "runs": 10, "train": 10}
+    n = {"photos": 12, "large": 4, "steady": 5, "runs": 3, "train": 6} if args.quick else \
+        {"photos": 60, "large": 20, "steady": 30, "runs": 10, "train": 40}
 
     model, _ = load_checkpoint(args.checkpoint, args.device)
     inference = model_only(model, n["runs"])
     decoding = draft_decode(n["runs"], 2 * model.input_size)
     del model
-    training = train_throughput(n["train"])
+    training = train_throughput(n["train"], args.prepared)
     daemon = e2e.run(n["photos"], n["large"], n["steady"], args.checkpoint, args.device, 8)
     b = daemon["bursts"]
     report = {
@@ -98,7 +100,7 @@ def main() -> None:
         "p95_latency_s_640": b["steady_640x640"]["p95_latency_s"],
         "shared_encoding_speedup": inference["shared_encoding_speedup"],
         "draft_decode_speedup": decoding["draft_decode_speedup"],
-        "train_images_per_s": training["train_images_per_s"],
+        "train_images_per_s": training.get("train_images_per_s"),
         "peak_rss_mb": daemon["peak_rss_mb"],
         "hardware": e2e.hardware(), "device": args.device, "torch_threads": torch.get_num_threads(),
         "quick": args.quick, "details": {"daemon": daemon, "inference": inference, "decode": decoding,

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import DEFAULT_CONFIG, STORE_ENV, TASKS, Config, ConfigError, StoreConfig, load_config
+from daemon.config import DEFAULT_CONFIG, STORE_ENV, Config, ConfigError, StoreConfig, load_config
 from model.errors import QAError
 
 app = typer.Typer(
@@ -141,6 +141,10 @@ def _dataset_roots(config: Config, data: list[str]) -> dict[str, Path]:
     return roots
 
 
+def _configured_prompts(config: Config) -> dict[str, list[str]]:
+    return {t: config.prompts.for_task(t).all for t in config.prompts.canonical}
+
+
 def _must_exist(path: Path) -> Path:
     if not path.is_dir():
         raise ConfigError(f"--data {path}: folder not found; check the path")
@@ -165,36 +169,43 @@ def train(
     tune_last_layers: Annotated[int, typer.Option(help="clipseg: also train the last N CLIP layers.")] = 0,
     max_val_images: Annotated[int | None, typer.Option(help="Validate on at most N images per task.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs [config train.eval_every].")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        help="Minutes this session may train; stops after the epoch that passes it (continue with --resume).")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Data-loading processes [config train.num_workers].")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a train: key of the config, VALUE in YAML "
+        "(e.g. --set ema_decay=0 --set scale.crack=[0.5,1.0] --set architecture.output_stride=4).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a segmentation model on prepared data; keeps the best checkpoint by validation mIoU.
 
     Prompts are drawn from each task's canonical prompt and synonyms; both tasks are sampled equally.
-    Writes OUT/best (the checkpoint to use), OUT/last (for --resume) and OUT/log.csv.
+    The recipe (schedule, crops, EMA, loss phases, architecture) is the config's `train:` section.
+    Writes OUT/best (the checkpoint to use), OUT/last (for --resume, which continues the run's own
+    recipe and schedule), OUT/run.json and OUT/log.csv.
 
-    Example: qa-daemon train --backend compact --epochs 10 --out runs/compact
+    Example: qa-daemon train --epochs 10 --out runs/compact --set ema_decay=0.999
     """
-    from model.train import TrainSettings
+    from model.train import resume_settings
     from model.train import train as run_training
 
-    config = _config(ctx)
-    t = config.train
-    backend = backend or config.model.backend
-    model_settings: dict = {"input_size": input_size or (config.model.input_size if backend == "compact" else 352)}
-    if backend == "clipseg":
-        model_settings.update(base=config.model.base, tune_last_layers=tune_last_layers)
-    settings = TrainSettings(
-        prepared=config.require("prep.out", prepared or config.prep.out), out=out_dir or t.out,
-        prompts={task: config.prompts.for_task(task).all for task in TASKS}, backend=backend, model=model_settings,
-        init=init, resume=resume, epochs=epochs or t.epochs, steps_per_epoch=steps_per_epoch,
-        batch_size=batch_size or t.batch_size, lr=lr or t.lr, weight_decay=t.weight_decay,
-        crop_size=crop_size or t.crop_size, seed=t.seed, device=device or config.model.device,
-        num_workers=t.num_workers if num_workers is None else num_workers,
-        eval_every=eval_every or t.eval_every, max_val_images=max_val_images,
-        command="qa-daemon " + " ".join(sys.argv[1:]), progress=not quiet)
-    if resume and not (settings.out / "last" / "state.json").is_file():
-        raise ConfigError(f"--resume: {settings.out / 'last'} holds no run to continue; drop --resume or fix --out")
+    config = _config(ctx).with_train_overrides(set_ or [])
+    if resume:  # the run's own recipe; only how this session runs it (and more epochs) may change
+        session = {"device": device, "num_workers": num_workers, "epochs": epochs, "progress": not quiet,
+                   "time_limit_min": time_limit}
+        settings = resume_settings(out_dir or config.train.out, **{k: v for k, v in session.items() if v is not None})
+    else:
+        model_settings = {"input_size": input_size} if input_size else {}
+        if (backend or config.model.backend) == "clipseg":
+            model_settings.update(base=config.model.base, tune_last_layers=tune_last_layers)
+        settings = config.train_settings(
+            prepared=config.require("prep.out", prepared or config.prep.out), out=out_dir, backend=backend,
+            init=init, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
+            device=device, num_workers=num_workers, eval_every=eval_every, max_val_images=max_val_images,
+            time_limit_min=time_limit, command="qa-daemon " + " ".join(sys.argv[1:]), progress=not quiet)
+        settings.model.update(model_settings)
+        if crop_size:
+            settings.augment.crop_size = crop_size
     best = run_training(settings)
     out.print(f"best checkpoint: {best}")
 
@@ -225,7 +236,8 @@ def evaluate(
 
     from model.evaluate import evaluate as run_eval
     from model.evaluate import labeled_samples, samples_from_labels
-    from model.segmenter import load_checkpoint
+    from model.prompts import resolve_prompts, teach
+    from model.segmenter import load_checkpoint, read_card
 
     config = _config(ctx)
     ckpt = checkpoint or config.model.checkpoint
@@ -237,8 +249,11 @@ def evaluate(
         where = f" in split {split!r}" if split else ""
         raise ConfigError(f"--data {data}: no labeled images of {task.value}{where}; check the folder and --split")
     prompts = prompt or config.prompts.for_task(task.value).all
+    resolved = resolve_prompts(prompts, read_card(ckpt).prompts, _configured_prompts(config))
     model, _ = load_checkpoint(ckpt, device or config.model.device)
-    model.input_size = input_size or model.input_size
+    teach(model, resolved)  # a paraphrase runs as its task's canonical prompt, results keep its words
+    if input_size:
+        model.set_input_size(input_size)
     results, _ = run_eval(model, samples_from_labels(images, objects), prompts, [task.value] * len(prompts),
                           batch_size=config.model.batch_size, total=len(images), progress=not as_json)
     for p in problems[:20]:
@@ -276,12 +291,16 @@ def predict(
     from rich.progress import track
 
     from model.masks import export_masks, find_images
-    from model.segmenter import load_checkpoint
+    from model.prompts import resolve_prompts, teach
+    from model.segmenter import load_checkpoint, read_card
 
     config = _config(ctx)
+    ckpt = checkpoint or config.model.checkpoint
     images, problems = find_images(paths)
     prompts = prompt or list(config.prompts.canonical.values())
-    model, _ = load_checkpoint(checkpoint or config.model.checkpoint, device or config.model.device)
+    resolved = resolve_prompts(prompts, read_card(ckpt).prompts, _configured_prompts(config))
+    model, _ = load_checkpoint(ckpt, device or config.model.device)
+    teach(model, resolved)  # a paraphrase runs as its task's canonical prompt, masks keep its words
     written = 0
     for _ in track(export_masks(model, images, out_dir, prompts, overlay, config.model.batch_size, problems),
                    description="predicting", total=len(images), console=err):
@@ -349,9 +368,10 @@ def retrain(
 ) -> None:
     """Retrain from the active model with the base datasets plus the labeled inbox; promote only if not worse.
 
-    Candidate and active model are scored on the same validation split; the candidate is promoted
-    when no task's mIoU drops by more than retrain.max_regression. Every version stays in the
-    store (`qa-daemon model list`); a running daemon switches to a promoted one between batches.
+    Candidate and active model are scored the same way: each at the threshold it does best at on
+    one half of the validation photos (calibration), by mIoU on the other half (gate). The candidate
+    is promoted when no task's gate mIoU drops by more than retrain.max_regression. Every version
+    stays in the store (`qa-daemon model list`); a running daemon switches to a promoted one between batches.
 
     Example: qa-daemon retrain --steps 400
     """
@@ -369,10 +389,12 @@ def retrain(
         st.close()
     table = Table(title=f"candidate {outcome.candidate.parent.name}: "
                         f"{'promoted' if outcome.promoted else 'not promoted'}")
-    for col in ("task", "candidate mIoU", "active mIoU"):
+    for col in ("task", "candidate mIoU", "active mIoU", "thresholds", "images (calibration / gate)"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for task, sc in outcome.scores.items():
-        table.add_row(task, f"{sc['candidate']:.3f}", f"{sc['active']:.3f}")
+        table.add_row(task, f"{sc['candidate']:.3f}", f"{sc['active']:.3f}",
+                      f"{sc['threshold_candidate']:.2f} / {sc['threshold_active']:.2f}",
+                      f"{sc['calibration_images']} / {sc['gate_images']}")
     out.print(table)
     out.print(outcome.reason)
 
@@ -481,6 +503,47 @@ model_app = typer.Typer(help="The model versions in the store: list, promote, ro
 app.add_typer(model_app, name="model")
 
 
+@model_app.command("export")
+def model_export(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="A training run folder (its best/ is used) or a checkpoint.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
+    input_size: Annotated[list[int] | None, typer.Option(
+        "--input-size", help="Input side(s) to choose from per task, on calibration images [the run's].")] = None,
+    prepared: Annotated[Path | None, typer.Option(help="Prepared folder from `prep` [config prep.out].")] = None,
+    tta: Annotated[bool, typer.Option(help="Ship with flip test-time augmentation (twice the model time).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Make a shippable checkpoint of a run: settings chosen on data, fp16 weights, a card with measured metrics.
+
+    Per task, the input side (among --input-size), threshold, small-component removal and box
+    filling are chosen on the calibration half of the validation split; the card's metrics are
+    then measured on the exported files with the code `qa-daemon eval` runs, on the whole split
+    and on the held-out half.
+
+    Example: qa-daemon model export runs/v2 --out model/weights/compact-v2 --input-size 384 --input-size 448
+    """
+    from model.export import export, run_checkpoint
+    from model.segmenter import read_card
+
+    config = _config(ctx)
+    read_card(run_checkpoint(run_dir))  # a clear error before any work when there is no checkpoint
+    card = export(run_dir, out_dir, config.require("prep.out", prepared or config.prep.out), input_size or None,
+                  tta, config.model.batch_size, progress=not quiet)
+    table = Table(title=f"{out_dir} (fp16), measured on the exported files")
+    for col in ("task", "input", "threshold", "clean-up", "images", "mIoU", "Dice", "held-out mIoU"):
+        table.add_column(col, justify="left" if col in ("task", "clean-up") else "right")
+    for task, inf in card.inference.items():
+        m = card.metrics[task]
+        cleanup = ", ".join(x for x in (f"min area {inf['min_area']:g}" if inf["min_area"] else "",
+                                        "boxes" if inf["fill_boxes"] else "", "flip TTA" if inf["flip_tta"] else "")
+                            if x) or "none"
+        table.add_row(task, str(inf["input_size"]), f"{card.thresholds[task]:.2f}", cleanup, str(m["images"]),
+                      f"{m['miou']:.3f}", f"{m['dice']:.3f}",
+                      f"{m['held_out']['miou']:.3f} ({m['held_out']['images']})")
+    out.print(table)
+
+
 @model_app.command("list")
 def model_list(
     ctx: typer.Context,
@@ -506,12 +569,23 @@ def model_list(
         print(json.dumps(rows))
         return
     table = Table(title="model versions")
-    for col in ("id", "name", "status", "registered", "promoted", "mIoU", "path"):
+    for col in ("id", "name", "status", "registered", "promoted", "gate mIoU (vs active)", "path"):
         table.add_column(col)
     for r in rows:
         table.add_row(str(r["id"]), r["name"], r["status"] + (" *" if r["active"] else ""), r["registered"],
-                      r["promoted"] or "", " ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()), r["path"])
+                      r["promoted"] or "", _gate_cell(r["metrics"]), r["path"])
     out.print(table)
+
+
+def _gate_cell(metrics: dict) -> str:
+    """A version's retrain scores in a few words: `crack 0.612 vs 0.580 (cal 100 / gate 100)` per task."""
+    if "gate" not in metrics:  # registered at start-up, or by a retrain before the calibrated gate
+        return " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, int | float))
+    if not metrics["gate"]:
+        return "not scored (no gate images)"
+    cal, n = metrics.get("calibration_images", {}), metrics.get("gate_images", {})
+    return "; ".join(f"{t} {g['candidate']:.3f} vs {g['active']:.3f} (cal {cal.get(t, 0)} / gate {n.get(t, 0)})"
+                     for t, g in metrics["gate"].items())
 
 
 @model_app.command("promote")

@@ -12,7 +12,7 @@ use with `Config.require(...)`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -79,20 +79,63 @@ class ModelConfig(Section):
     backend: Literal["compact", "clipseg"] = Field("compact", description="Backend `train` builds.")
     base: str = Field("CIDAS/clipseg-rd64-refined", description="CLIPSeg base: hub id or local folder.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses the GPU when present.")
-    input_size: int = Field(640, ge=32, le=4096, description="Side the model sees (pixels).")
+    input_size: int = Field(448, ge=32, le=4096, description="Input side of a newly trained model (pixels).")
     batch_size: int = Field(8, ge=1, le=1024, description="Images per inference batch.")
 
 
+class AppearanceConfig(Section):
+    """Colour and appearance changes of training crops; each probability 0 switches that change off."""
+
+    jitter: float = Field(0.3, ge=0, lt=1, description="Brightness, contrast and saturation change by up to this "
+                          "share.")
+    grey: float = Field(0.0, ge=0, le=1, description="Probability of a grey-scale crop.")
+    invert: float = Field(0.0, ge=0, le=1, description="Probability of inverted intensities (pale cracks on dark).")
+    blur: float = Field(0.0, ge=0, le=1, description="Probability of a Gaussian blur (sigma 0.5-1.5 px).")
+    jpeg: float = Field(0.0, ge=0, le=1, description="Probability of re-encoding at JPEG quality 30-90.")
+    strong_contrast: float = Field(0.0, ge=0, le=1, description="Probability of a strong contrast/brightness change.")
+
+
 class TrainConfig(Section):
+    """The training recipe. The defaults are the recipe of the shipped model (model/REPORT.md)."""
+
     out: Path = Field(Path("runs/train"), description="Where checkpoints of a training run go.")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(450, ge=1, description="Steps per epoch; null: one pass over train.")
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(6e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-4, ge=0)
-    crop_size: int = Field(384, ge=32, description="Training crop side; inference runs at full size.")
+    warmup_steps: int = Field(250, ge=0, description="Linear warm-up steps before the cosine decay.")
+    min_lr_ratio: float = Field(0.02, ge=0, le=1, description="The cosine ends at lr times this.")
+    crop_size: int = Field(320, ge=32, description="Training crop side; inference runs on the whole photo.")
+    scale: dict[Task, tuple[float, float]] = Field(
+        default_factory=lambda: {"crack": (0.55, 1.0), "taping": (0.45, 0.8)},
+        description="Per task, the range of model pixels per photo pixel a crop is drawn at "
+                    "(a 640 px photo at input 448 is 0.7).")
+    centre_prob: dict[Task, float] = Field(
+        default_factory=lambda: {"crack": 0.6}, description="Per task, probability a crop is centred on an object.")
+    appearance: AppearanceConfig = AppearanceConfig()
+    negative_prob: float = Field(0.2, ge=0, le=1, description="Share of samples shown the other task's prompt.")
+    lovasz_from: float = Field(0.7, ge=0, le=1, description="Share of the steps after which the loss is BCE + "
+                               "Lovasz hinge (1: never).")
+    aux_weight: float = Field(0.4, ge=0, description="Weight of each deep-supervision head's loss.")
+    ema_decay: float = Field(0.998, ge=0, lt=1, description="EMA of the weights, validated and kept (0: off).")
+    cpu_bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 autocast on a CPU; auto: only where native and measured faster at start.")
+    threads: int | None = Field(None, ge=1, description="Torch threads on a CPU; null: every core.")
+    architecture: dict[str, Any] = Field(
+        default_factory=lambda: {"output_stride": 2, "deep_supervision": True}, description="Backend settings of a new model, e.g. output_stride: 2.")
+    init: Path | None = Field(None, description="Start from this checkpoint's fitting weights; null: pretrained.")
     seed: int = 0
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(0, ge=0, description="Data-loading processes; 0 suits 2 cores.")
     eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, v: dict) -> dict:
+        for task, (lo, hi) in v.items():
+            if not 0 < lo <= hi:
+                raise ValueError(f"{task}: expected 0 < low <= high, got [{lo}, {hi}]")
+        return v
 
 
 class WatchConfig(Section):
@@ -279,6 +322,53 @@ class Config(Section):
     def task_of_prompt(self, prompt: str) -> Task | None:
         """The task a prompt (canonical or synonym) belongs to, or None for a free prompt."""
         return next((t for t in TASKS if prompt in self.prompts.for_task(t).all), None)
+
+    def train_settings(self, **overrides):
+        """The `model.train.TrainSettings` of this config's recipe, with `overrides` (None values ignored)."""
+        from model.data import Augment  # heavy: only training needs it
+        from model.train import TrainSettings
+
+        t = self.train
+        augment = Augment(crop_size=t.crop_size, scale=dict(t.scale), centre_prob=dict(t.centre_prob),
+                          **t.appearance.model_dump())
+        backend = overrides.pop("backend", None) or self.model.backend
+        model = {"input_size": self.model.input_size if backend == "compact" else 352, **t.architecture}
+        settings = dict(
+            prepared=self.prep.out, out=t.out, prompts={task: self.prompts.for_task(task).all for task in TASKS},
+            backend=backend, model=model, init=t.init, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
+            batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+            min_lr_ratio=t.min_lr_ratio, augment=augment, negative_prob=t.negative_prob, lovasz_from=t.lovasz_from,
+            aux_weight=t.aux_weight, ema_decay=t.ema_decay, seed=t.seed, device=self.model.device,
+            cpu_bf16=t.cpu_bf16, threads=t.threads, num_workers=t.num_workers, eval_every=t.eval_every)
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return TrainSettings(**settings)
+
+    def with_train_overrides(self, items: list[str]) -> Config:
+        """This config with `--set KEY=VALUE` items applied to its train section (VALUE is YAML)."""
+        raw = self.train.model_dump()
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set ema_decay=0.999")
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+            node, parts = raw, key.removeprefix("train.").split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"--set {item}: train.{'.'.join(parts[:-1])} is not a section")
+                node = node[part]
+            node[parts[-1]] = parsed
+        try:
+            train = TrainConfig.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key; see `train:` in the config reference" if err["type"] == "extra_forbidden" \
+                else err["msg"]
+            raise ConfigError(f"--set: train.{where}: {msg}") from None
+        return self.model_copy(update={"train": train})
 
     def require(self, key: str, path: Path) -> Path:
         """`path` when it exists; else a ConfigError naming the key and this file."""

@@ -41,7 +41,8 @@ from daemon.space import Space, no_space
 from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
 from model.errors import QAError
 from model.files import write_atomic
-from model.masks import binary_mask, mask_name, overlay, write_png
+from model.masks import mask_name, overlay, write_png
+from model.postprocess import binary_mask
 from model.segmenter import Segmenter, load_checkpoint
 
 log = logging.getLogger("qa-daemon")
@@ -91,7 +92,7 @@ def load_warm(checkpoint: Path, device, config: Config) -> Segmenter:
 def gpu_batch_size(model: Segmenter, config: Config, headroom: float = 0.6) -> int:
     """The largest batch (up to `model.batch_size`) that fits in `headroom` of the GPU's free memory,
     from the memory one batch of two working-size photos takes."""
-    side = 2 * model.input_size
+    side = 2 * model.largest_input_size
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(model.device)
     before = torch.cuda.memory_allocated(model.device)
@@ -127,7 +128,7 @@ class Processor(threading.Thread):
         self.batch_size = config.model.batch_size  # lowered for good after a CUDA out-of-memory
         if model.device.type == "cuda":
             self.batch_size = gpu_batch_size(model, config)
-        self.side = 2 * model.input_size  # working resolution: masks are measured here, then scaled up
+        self.side = 2 * model.largest_input_size  # working resolution: masks are measured here, then scaled up
         self.worker = worker_name()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="photo")  # cv2 and Pillow free the GIL
         self.processed = 0
@@ -179,7 +180,7 @@ class Processor(threading.Thread):
                       "stays; fix it and `qa-daemon model promote` it again", active.name, exc)
             self.store.reject(active.id, keep_id=self.model_version_id)
             return
-        self.model, self.model_version_id, self.side = model, active.id, 2 * model.input_size
+        self.model, self.model_version_id, self.side = model, active.id, 2 * model.largest_input_size
         log.info("switched to model version %s (%s)", active.name, active.path)
 
     @property
@@ -241,7 +242,7 @@ class Processor(threading.Thread):
         detections, work_masks = [], []
         for (task, prompt), prob in zip(self.prompts.items(), probs, strict=True):
             threshold = self.model.threshold(prompt)
-            work = binary_mask(prob, threshold)
+            work = self.model.mask(prob, prompt)
             full = work if (w, h) == (work.shape[1], work.shape[0]) else \
                 binary_mask(cv2.resize(work, (w, h), interpolation=cv2.INTER_LINEAR), 127)
             path = out_dir / mask_name(job.image_id, prompt)

@@ -10,8 +10,13 @@ beside it; it is new when first seen after the active model was promoted. At
 `qa-daemon retrain` as a separate process (never in the daemon's inference thread).
 
 `retrain` prepares the configured datasets plus the inbox, fine-tunes from the active
-checkpoint, scores candidate and active model on the same validation split, and promotes
-the candidate only when no task's mIoU drops by more than `retrain.max_regression`.
+checkpoint, and scores candidate and active model the same way: the validation split is
+divided by source photo into a calibration part and a gate part (`split_validation`);
+each model's threshold per task is the one it scores best at on the calibration part, and
+its mIoU at that threshold on the gate part is what counts (`score`). The candidate's own
+thresholds were tuned on the whole validation split during training, so comparing it there
+at those thresholds would favour it. The candidate is promoted only when no task's gate
+mIoU drops by more than `retrain.max_regression`, and never when no task could be scored.
 Every version stays in the store's `model_versions` with its metrics; a running daemon
 switches to a promoted version between batches.
 """
@@ -19,21 +24,23 @@ switches to a promoted version between batches.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
+
+from rich.progress import track
 
 from daemon.config import STORE_ENV, TASKS, Config
 from daemon.paths import PHOTO_SUFFIXES
 from daemon.store import Store
 from model.errors import DataError
-from model.evaluate import evaluate, labeled_samples, samples_from_labels
-from model.prep import Source, SplitPolicy, prepare
+from model.evaluate import Accumulator, calibration_split, samples_from_labels
+from model.prep import Row, Source, SplitPolicy, prepare, read_manifest
 from model.segmenter import Segmenter, load_checkpoint, read_card, weights_sha256
 
 log = logging.getLogger("qa-daemon")
@@ -77,18 +84,38 @@ def start_retrain(config: Config, request: int) -> subprocess.Popen:
                                  "--quiet"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
+NO_CALIBRATION_THRESHOLD = 0.5  # both models' threshold for a task without calibration images
+
+
 @dataclass
 class Outcome:
     promoted: bool
     candidate: Path
     candidate_version: int
     active_version: int | None
-    scores: dict[str, dict[str, float]]  # task -> {"candidate": mIoU, "active": mIoU}
+    # task -> {"candidate", "active": gate mIoU; "candidate_dice", "active_dice"; "threshold_candidate",
+    # "threshold_active": chosen on the calibration part; "calibration_images", "gate_images"}
+    scores: dict[str, dict[str, float]]
     reason: str
 
 
+def split_validation(rows: list[Row], seed: int = 0) -> tuple[list[Row], list[Row]]:
+    """Validation rows as (calibration, gate), by source photo: all rows of one stem land in one part.
+
+    The halves of `model.evaluate.calibration_split` (the ones `model export` chooses settings on and
+    measures on): a seeded hash of dataset and stem decides, not the rows' order or number, so a photo
+    keeps its part when new photos arrive.
+    """
+    calibration, held = calibration_split([(r.dataset, r.stem) for r in rows], seed)
+    return [rows[i] for i in calibration], [rows[i] for i in held]
+
+
 def gate(scores: dict[str, dict[str, float]], max_regression: float) -> tuple[bool, str]:
-    """Promote only if no task's candidate mIoU is below the active one by more than `max_regression`."""
+    """Promote only if some task was scored and no task's candidate mIoU is below the active one by more
+    than `max_regression`."""
+    if not scores:
+        return False, ("no task could be scored: the validation split has no gate images, so nothing shows "
+                       "the candidate is not worse; add labeled photos to retrain.inbox")
     drops = {t: s["active"] - s["candidate"] for t, s in scores.items()}
     worse = {t: d for t, d in drops.items() if d > max_regression}
     if worse:
@@ -97,24 +124,70 @@ def gate(scores: dict[str, dict[str, float]], max_regression: float) -> tuple[bo
     return True, f"no task's mIoU drops by more than retrain.max_regression ({max_regression})"
 
 
-def score(model: Segmenter, prepared: Path, config: Config, max_images: int | None) -> dict[str, float]:
-    """mIoU per task on the prepared validation split, canonical prompts."""
+def score(models: dict[str, Segmenter], prepared: Path, config: Config, max_images: int | None,
+          progress: bool = False) -> dict[str, dict[str, float]]:
+    """Per task with gate images: each model's mIoU and Dice on the gate part of the validation split, at
+    the threshold it scores best at on the calibration part; canonical prompts, at most `max_images`
+    images per task and part. Keys: see `Outcome.scores` (`models` names them, e.g. "candidate")."""
+    valid = [r for r in read_manifest(prepared) if r.split == "valid"]
     out = {}
     for task in TASKS:
-        images, truths, _ = labeled_samples(prepared, task, (), "valid")
-        images, truths = images[:max_images], truths[:max_images]
-        if not images:
+        calibration, gate_rows = split_validation([r for r in valid if r.task == task])
+        calibration, gate_rows = calibration[:max_images], gate_rows[:max_images]
+        if not gate_rows:
             continue
         prompt = config.prompts.for_task(task).canonical
-        results, _ = evaluate(model, samples_from_labels(images, truths), [prompt], [task],
-                              batch_size=config.model.batch_size)
-        out[task] = results[0].miou
+        batch = config.model.batch_size
+        tuned = _accumulate(models, calibration, prompt, batch, f"{task}: calibration", progress)
+        judged = _accumulate(models, gate_rows, prompt, batch, f"{task}: gate", progress)
+        entry: dict[str, float] = {}
+        for name in models:
+            threshold = tuned[name].best_threshold() if calibration else NO_CALIBRATION_THRESHOLD
+            s = judged[name].scores(threshold)
+            entry.update({name: s["miou"], f"{name}_dice": s["dice"], f"threshold_{name}": threshold})
+        out[task] = {**entry, "calibration_images": len(calibration), "gate_images": len(gate_rows)}
     return out
+
+
+def _accumulate(models: dict[str, Segmenter], rows: list[Row], prompt: str, batch_size: int, what: str,
+                progress: bool) -> dict[str, Accumulator]:
+    """Each model's probability maps for `prompt` on the rows' images against their masks; each image
+    is read once and encoded once per model."""
+    accs = {name: Accumulator() for name in models}
+    samples = iter(track(samples_from_labels([Path(r.image) for r in rows], [Path(r.mask) for r in rows]),
+                         f"scoring {what}", total=len(rows), disable=not progress))
+    while batch := list(islice(samples, batch_size)):
+        images = [image for image, _ in batch]
+        for name, model in models.items():
+            for (_, truth), prob in zip(batch, model.predict(images, [prompt]), strict=True):
+                accs[name].add(prob[0], truth)
+    return accs
+
+
+def version_metrics(scores: dict[str, dict[str, float]]) -> dict:
+    """What the store keeps of a retrain's scores: the candidate's gate mIoU per task (as before the
+    calibrated gate), and per task both models' figures and the sizes of the two parts."""
+    return {**{t: round(s["candidate"], 4) for t, s in scores.items()},
+            "gate": {t: {k: round(s[k], 4) for k in ("candidate", "active", "candidate_dice", "active_dice",
+                                              "threshold_candidate", "threshold_active")}
+                     for t, s in scores.items()},
+            "calibration_images": {t: int(s["calibration_images"]) for t, s in scores.items()},
+            "gate_images": {t: int(s["gate_images"]) for t, s in scores.items()}}
+
+
+def describe(scores: dict[str, dict[str, float]]) -> str:
+    """One line per retrain for the log: both models' gate figures per task."""
+    if not scores:
+        return "no task scored (no gate images)"
+    return "; ".join(
+        f"{t} gate mIoU {s['candidate']:.3f} (Dice {s['candidate_dice']:.3f}, threshold {s['threshold_candidate']:.2f})"
+        f" vs active {s['active']:.3f} (Dice {s['active_dice']:.3f}, threshold {s['threshold_active']:.2f}),"
+        f" {s['calibration_images']} calibration / {s['gate_images']} gate images" for t, s in scores.items())
 
 
 def retrain(config: Config, store: Store, steps: int | None = None, request: int | None = None,
             progress: bool = True) -> Outcome:
-    """Prepare, fine-tune from the active model, compare on one validation set, promote if not worse.
+    """Prepare, fine-tune from the active model, score both on the gate part, promote if not worse.
     Answers `request`, or else the newest open retrain request."""
     request = request if request is not None else store.open_request()
     if request is not None:
@@ -132,7 +205,7 @@ def retrain(config: Config, store: Store, steps: int | None = None, request: int
 
 
 def _retrain(config: Config, store: Store, steps: int | None, progress: bool) -> Outcome:
-    from model.train import TrainSettings, train  # heavy; only this command needs it
+    from model.train import train  # heavy; only this command needs it
 
     sources = [Source(d.name, config.require(f"datasets[{i}].root", d.root), d.task, tuple(d.classes), d.format)
                for i, d in enumerate(config.datasets)]
@@ -150,25 +223,20 @@ def _retrain(config: Config, store: Store, steps: int | None, progress: bool) ->
     base = Path(active.path) if active else config.model.checkpoint
     card = read_card(base)
     run = config.retrain.models_dir / f"{base.name.split('-r')[0]}-r{time.strftime('%Y%m%d-%H%M%S')}"
-    t = config.train
-    best = train(TrainSettings(
-        prepared=config.prep.out, out=run, prompts={task: config.prompts.for_task(task).all for task in TASKS},
-        backend=card.backend, model=card.settings, init=base, epochs=1,
-        steps_per_epoch=steps or config.retrain.steps, batch_size=t.batch_size, lr=config.retrain.lr,
-        weight_decay=t.weight_decay, crop_size=t.crop_size, seed=t.seed, device=config.model.device,
-        num_workers=t.num_workers, max_val_images=config.retrain.max_val_images, command="qa-daemon retrain",
-        progress=progress))
+    best = train(config.train_settings(
+        prepared=config.prep.out, out=run, backend=card.backend, model=card.settings, init=base, epochs=1,
+        steps_per_epoch=steps or config.retrain.steps, lr=config.retrain.lr,
+        max_val_images=config.retrain.max_val_images, command="qa-daemon retrain", progress=progress))
 
     candidate_model, cand_card = load_checkpoint(best, config.model.device)
     active_model, _ = load_checkpoint(base, config.model.device)
-    cand = score(candidate_model, config.prep.out, config, config.retrain.max_val_images)
-    act = score(active_model, config.prep.out, config, config.retrain.max_val_images)
-    scores = {task: {"candidate": cand[task], "active": act[task]} for task in cand if task in act}
+    scores = score({"candidate": candidate_model, "active": active_model}, config.prep.out, config,
+                   config.retrain.max_val_images, progress)
     promoted, reason = gate(scores, config.retrain.max_regression)
     version = store.register_model(run.name, best, cand_card.backend, weights_sha256(best), asdict(cand_card),
-                                   metrics={t: s["candidate"] for t, s in scores.items()}, activate=promoted)
+                                   metrics=version_metrics(scores), activate=promoted)
     if not promoted:
         store.set_status(version, "rejected")
-    log.info("candidate %s %s: %s; %s", run.name, "promoted" if promoted else "rejected", json.dumps(scores), reason)
+    log.info("candidate %s %s: %s; %s", run.name, "promoted" if promoted else "rejected", describe(scores), reason)
     return Outcome(promoted, best, version, active.id if active else None, scores, reason)
 

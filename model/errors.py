@@ -14,3 +14,7 @@ class DataError(QAError):
 
 class CheckpointError(QAError):
     """A model checkpoint is missing, incomplete or of an unknown kind."""
+
+
+class PromptError(QAError):
+    """A prompt that is neither a configured prompt nor a clear paraphrase of one."""

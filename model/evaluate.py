@@ -39,8 +39,8 @@ class Accumulator:
     def add(self, prob: np.ndarray, gt: np.ndarray) -> None:
         if prob.shape != gt.shape:
             raise ValueError(f"prediction {prob.shape} and ground truth {gt.shape} differ in size")
-        # one pass: a histogram of probabilities inside and outside the ground truth
-        bins = np.searchsorted(self.grid, prob.ravel(), side="right")  # pixel > grid[k] for k < bin
+        # one pass: a histogram of probabilities inside and outside the ground truth; pixel > grid[k] for k < bin
+        bins = np.searchsorted(self.grid, prob.ravel().astype(np.float32, copy=False), side="right")
         inside = np.bincount(bins[gt.ravel()], minlength=len(self.grid) + 1)
         everywhere = np.bincount(bins, minlength=len(self.grid) + 1)
         above = lambda h: h[::-1].cumsum()[::-1][1:]  # noqa: E731 - pixels with prob > grid[k]
@@ -107,8 +107,13 @@ def labeled_samples(data: Path, task: str, classes: tuple[str, ...],
 def evaluate(model: Segmenter, samples: Iterable[tuple[np.ndarray, np.ndarray]], prompts: list[str],
              tasks: list[str], batch_size: int = 4, total: int | None = None,
              progress: bool = False) -> tuple[list[PromptResult], dict[str, Accumulator]]:
-    """Score `model` on (RGB image, bool ground truth) pairs under each prompt (each of its task)."""
+    """Score `model` on (RGB image, bool ground truth) pairs under each prompt (each of its task).
+
+    Scores are those of the masks users get (`model.mask`: the task's threshold and clean-up);
+    the returned accumulators hold the raw probabilities, for threshold curves.
+    """
     accs = {p: Accumulator() for p in prompts}
+    final = {p: Accumulator(grid=(0.5,)) for p in prompts}
     seconds, n = 0.0, 0
     for batch in _batches(track(samples, "evaluating", total=total, disable=not progress), batch_size):
         images = [im for im, _ in batch]
@@ -117,15 +122,32 @@ def evaluate(model: Segmenter, samples: Iterable[tuple[np.ndarray, np.ndarray]],
         seconds += time.perf_counter() - start
         n += len(batch)
         for (_, gt), prob in zip(batch, probs, strict=True):
-            for p, acc in accs.items():
-                acc.add(prob[prompts.index(p)], gt)
+            for i, p in enumerate(prompts):
+                accs[p].add(prob[i], gt)
+                final[p].add(model.mask(prob[i], p) > 0, gt)
     ms = 1000 * seconds / max(n, 1)
     results = []
     for p, task in zip(prompts, tasks, strict=True):
         t = model.threshold(p)
-        s = accs[p].scores(t)
+        s = final[p].scores(0.5)
         results.append(PromptResult(task, p, s["images"], s["miou"], s["dice"], s["pooled_iou"], ms, t))
     return results, accs
+
+
+def calibration_split(keys: list[tuple[str, str]], seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices of a calibration half and a held-out half of `keys` ((dataset, stem) per image).
+
+    By a seeded hash of the source photo, so every copy of a photo lands in one half and the
+    halves stay put when new photos arrive. Settings (thresholds, input size, clean-up) are
+    chosen on the calibration half and scored on the other.
+    """
+    import hashlib
+
+    calibration, held = [], []
+    for i, (dataset, stem) in enumerate(keys):
+        h = int.from_bytes(hashlib.sha256(f"{seed}/{dataset}/{stem}".encode()).digest()[:8], "big")
+        (calibration if h % 2 == 0 else held).append(i)
+    return calibration, held
 
 
 def samples_from_labels(images: list[Path], truths: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from model.data import read_mask, read_rgb
-from model.masks import binary_mask, overlay, write_png
+from model.masks import overlay, write_png
 from model.prep import read_manifest
 from model.segmenter import Segmenter, load_checkpoint
 
@@ -41,7 +41,7 @@ def write_examples(model: Segmenter, prepared: Path, out: Path, per_task: int = 
         scored = []
         for r in rows[::3]:  # every third image is plenty to find typical cases
             rgb, gt = read_rgb(r.image), read_mask(r.mask)
-            pred = binary_mask(model.predict([rgb], [prompts[0]])[0][0], model.threshold(prompts[0]))
+            pred = model.mask(model.predict([rgb], [prompts[0]])[0][0], prompts[0])
             inter, union = np.logical_and(gt, pred > 0).sum(), np.logical_or(gt, pred > 0).sum()
             scored.append((inter / max(union, 1), rgb, gt, pred))
         scored.sort(key=lambda x: x[0])

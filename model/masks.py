@@ -41,11 +41,6 @@ def write_png(path: Path, image: np.ndarray) -> None:
     write_atomic(path, data.tobytes())
 
 
-def binary_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 {0, 255} mask of the pixels whose probability is above `threshold`."""
-    return np.where(prob > threshold, np.uint8(255), np.uint8(0))
-
-
 def overlay(rgb: np.ndarray, masks: list[np.ndarray], alpha: float = 0.45) -> np.ndarray:
     """The photo with each mask tinted in its colour and outlined, RGB uint8."""
     out = rgb.astype(np.float32)
@@ -101,7 +96,7 @@ def export_masks(model: Segmenter, images: list[Path], out: Path, prompts: list[
             continue
         probs = model.predict([rgb for _, rgb in batch], prompts)
         for (path, rgb), prob in zip(batch, probs, strict=True):
-            masks = [binary_mask(prob[i], model.threshold(p)) for i, p in enumerate(prompts)]
+            masks = [model.mask(prob[i], p) for i, p in enumerate(prompts)]
             files = [out / mask_name(path.stem, p) for p in prompts]
             for f, m in zip(files, masks, strict=True):
                 write_png(f, m)

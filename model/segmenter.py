@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from torch import nn
 
 from model.errors import CheckpointError
 from model.files import write_atomic
+from model.postprocess import TaskInference, to_mask
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -43,6 +44,7 @@ class Card:
     backend: str
     settings: dict[str, Any]  # the backend's constructor settings (input size, widths, base...)
     thresholds: dict[str, float] = field(default_factory=dict)  # per task, chosen on validation
+    inference: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: TaskInference fields
     prompts: dict[str, list[str]] = field(default_factory=dict)  # per task: canonical first, then synonyms
     data: dict[str, Any] = field(default_factory=dict)  # datasets and split counts trained on
     metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics per prompt
@@ -70,6 +72,7 @@ class Segmenter(nn.Module):
         self.settings = {**self.default_settings, **settings}
         self.input_size = int(self.settings["input_size"])
         self.thresholds: dict[str, float] = {}
+        self.inference: dict[str, TaskInference] = {}  # per task: input size and mask clean-up
         self.prompts: dict[str, list[str]] = {}
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
@@ -90,6 +93,10 @@ class Segmenter(nn.Module):
         """The weights a checkpoint stores: everything that is not a frozen pretrained part."""
         raise NotImplementedError
 
+    def decode_levels(self, features: list[torch.Tensor], prompt_emb: torch.Tensor) -> list[torch.Tensor]:
+        """The main logits first, then any auxiliary (deep-supervision) logits that training uses."""
+        return [self.decode(features, prompt_emb)]
+
     # --- shared behaviour ---------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -104,6 +111,13 @@ class Segmenter(nn.Module):
             self._prompt_cache.update(zip(missing, emb, strict=True))
         return torch.stack([self._prompt_cache[p] for p in prompts]).to(self.device)
 
+    def alias(self, prompt: str, runs_as: str) -> None:
+        """Answer `prompt` with the embedding of `runs_as` (a paraphrase runs as its task's trained prompt).
+
+        Moving the model to another device forgets aliases: set them after `.to(device)`.
+        """
+        self._prompt_cache[prompt] = self.embed_prompts([runs_as])[0]
+
     def _apply(self, fn, recurse=True):  # noqa: D401 - keep the prompt cache on the model's device
         self._prompt_cache.clear()
         return super()._apply(fn, recurse)
@@ -115,9 +129,17 @@ class Segmenter(nn.Module):
         logits = self.decode(self.encode_image(pixels), self.embed_prompts(prompts))
         return nn.functional.interpolate(logits, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) images -> (B, 3, S, S) float pixels, stretched to the model's square input."""
-        s = self.input_size
+    def forward_levels(self, pixels: torch.Tensor, prompts: list[str]) -> list[torch.Tensor]:
+        """Like `forward`, with the auxiliary logits after the main ones; the main ones at the input's size."""
+        if len(prompts) != pixels.shape[0]:
+            raise ValueError(f"got {pixels.shape[0]} images and {len(prompts)} prompts; give one prompt per image")
+        levels = self.decode_levels(self.encode_image(pixels), self.embed_prompts(prompts))
+        main = nn.functional.interpolate(levels[0], size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        return [main, *levels[1:]]
+
+    def preprocess(self, images: list[np.ndarray], size: int | None = None) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) images -> (B, 3, S, S) float pixels, stretched to the square input side S."""
+        s = size or self.input_size
         batch = []
         for im in images:
             if im.ndim != 3 or im.shape[2] != 3:
@@ -140,16 +162,48 @@ class Segmenter(nn.Module):
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:
-        """Per image, a (P, H, W) float32 array of probabilities at the image's own size."""
+        """Per image, a (P, H, W) float32 array of probabilities at the image's own size.
+
+        Prompts whose tasks run at the same input side share one image encoding.
+        """
         if not images:
             return []
-        probs = torch.sigmoid(self.predict_logits(self.preprocess(images), prompts).float()).cpu().numpy()
-        out = []
-        for im, p in zip(images, probs, strict=True):
-            h, w = im.shape[:2]
-            out.append(np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in p])
-                       if p.shape[-2:] != (h, w) else p)
+        out = [np.empty((len(prompts), *im.shape[:2]), np.float32) for im in images]
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            settings = self.task_inference(p)
+            groups.setdefault((settings.input_size or self.input_size, settings.flip_tta), []).append(i)
+        for (size, flip), idx in groups.items():
+            pixels = self.preprocess(images, size)
+            chosen = [prompts[i] for i in idx]
+            probs = torch.sigmoid(self.predict_logits(pixels, chosen).float())
+            if flip:  # test-time augmentation: the mirrored photo's prediction, mirrored back
+                probs = (probs + torch.sigmoid(self.predict_logits(pixels.flip(-1), chosen).float()).flip(-1)) / 2
+            probs = probs.cpu().numpy()
+            for im, p, o in zip(images, probs, out, strict=True):
+                h, w = im.shape[:2]
+                for j, m in zip(idx, p, strict=True):
+                    o[j] = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) if m.shape != (h, w) else m
         return out
+
+    def task_inference(self, prompt: str) -> TaskInference:
+        """How the prompt's task is run and cleaned up (defaults for a free prompt)."""
+        return self.inference.get(self.task_of(prompt) or "", TaskInference())
+
+    def mask(self, prob: np.ndarray, prompt: str) -> np.ndarray:
+        """The uint8 {0, 255} mask of one prompt's probability map: its task's threshold and clean-up."""
+        return to_mask(prob, self.threshold(prompt), self.task_inference(prompt))
+
+    @property
+    def largest_input_size(self) -> int:
+        """The largest side any task runs at: the working resolution a caller should decode to."""
+        return max([self.inference.get(t, TaskInference()).input_size or self.input_size for t in self.prompts]
+                   or [self.input_size])
+
+    def set_input_size(self, size: int) -> None:
+        """Run every task at `size` (clean-up settings kept)."""
+        self.input_size = size
+        self.inference = {t: replace(i, input_size=None) for t, i in self.inference.items()}
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer groups; backends with pretrained parts may train them slower."""
@@ -205,6 +259,7 @@ def save_checkpoint(model: Segmenter, folder: Path, card: Card, dtype: torch.dty
              for k, v in model.trainable_state().items()}
     card = Card(**{**asdict(card), "backend": model.backend, "settings": model.settings,
                    "thresholds": dict(card.thresholds or model.thresholds),
+                   "inference": dict(card.inference or {t: i.as_dict() for t, i in model.inference.items()}),
                    "prompts": dict(card.prompts or model.prompts), "dtype": str(dtype).removeprefix("torch.")})
     tmp = folder / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"backend": model.backend})
@@ -255,4 +310,8 @@ def load_checkpoint(folder: Path, device: str | torch.device = "cpu") -> tuple[S
         for k, v in expected.items():
             v.copy_(state[k].to(v.dtype))
     model.thresholds, model.prompts = dict(card.thresholds), {k: list(v) for k, v in card.prompts.items()}
+    try:
+        model.inference = {t: TaskInference(**v) for t, v in card.inference.items()}
+    except TypeError as exc:
+        raise CheckpointError(f"{folder / CARD}: inference: {exc}; re-export the checkpoint") from None
     return model.to(resolve_device(device) if isinstance(device, str) else device).eval(), card

@@ -74,3 +74,18 @@ def test_a_prompt_may_not_belong_to_both_tasks(write_config):
 def test_absolute_paths_stay_as_given(write_config, tmp_path):
     path = write_config({"outputs": {"dir": str(tmp_path / "out")}})
     assert load_config(Path(path)).outputs.dir == tmp_path / "out"
+
+
+def test_train_overrides_are_validated_and_name_the_key(write_config):
+    from daemon.config import ConfigError, load_config
+
+    config = load_config(write_config())
+    changed = config.with_train_overrides(["ema_decay=0", "scale.crack=[0.5, 1.0]", "architecture.output_stride=4"])
+    assert changed.train.ema_decay == 0 and changed.train.scale["crack"] == (0.5, 1.0)
+    assert changed.train.architecture["output_stride"] == 4 and config.train.ema_decay == 0.998
+    settings = changed.train_settings()
+    assert settings.augment.scale["crack"] == (0.5, 1.0) and settings.model["output_stride"] == 4
+    for item, message in [("ema_dekay=0.9", "train.ema_dekay: unknown key"), ("lr=-1", "train.lr:"),
+                          ("scale.crack=[2, 1]", "train.scale:"), ("ema_decay", "expected KEY=VALUE")]:
+        with pytest.raises(ConfigError, match=message):
+            config.with_train_overrides([item])

@@ -62,7 +62,7 @@ def real_batch(n: int = 4, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def test_fine_tuning_lowers_the_loss_on_real_images(backend, tiny_base):
-    from model.train import _loss
+    from model.losses import bce_dice
 
     torch.manual_seed(0)
     model = build(backend, tiny_settings(backend, tiny_base)).train()
@@ -70,7 +70,7 @@ def test_fine_tuning_lowers_the_loss_on_real_images(backend, tiny_base):
     opt = torch.optim.AdamW(model.param_groups(3e-3))
     losses = []
     for _ in range(25):
-        loss = _loss(model(images, prompts), masks, 1.0)
+        loss = bce_dice(model(images, prompts), masks)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,14 +79,14 @@ def test_fine_tuning_lowers_the_loss_on_real_images(backend, tiny_base):
 
 
 def test_clipseg_trains_only_the_decoder_unless_asked(tiny_base):
-    from model.train import _loss
+    from model.losses import bce_dice
 
     model = build("clipseg", {"base": str(tiny_base), "input_size": 64, "tune_last_layers": 1}).train()
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     images, masks, prompts = real_batch()
     opt = torch.optim.AdamW(model.param_groups(1e-2))
     for _ in range(3):
-        loss = _loss(model(images, prompts), masks, 1.0)
+        loss = bce_dice(model(images, prompts), masks)
         opt.zero_grad()
         loss.backward()
         opt.step()
