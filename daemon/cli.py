@@ -157,8 +157,11 @@ def train(
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder from `prep` [config prep.out].")] = None,
     backend: Annotated[str | None, typer.Option(help="compact or clipseg [config model.backend].")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [config train.out].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [config train.epochs].")] = None,
-    steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch [one pass over train].")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs [config train.epochs]; with --resume, more epochs extend the run (its schedule is "
+             "stretched).")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(
+        help="Steps per epoch [config train.steps_per_epoch].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step [config train.batch_size].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate [config train.lr].")] = None,
     crop_size: Annotated[int | None, typer.Option(help="Training crop side [config train.crop_size].")] = None,
@@ -191,6 +194,13 @@ def train(
 
     config = _config(ctx).with_train_overrides(set_ or [])
     if resume:  # the run's own recipe; only how this session runs it (and more epochs) may change
+        recipe = {"--set": set_, "--lr": lr, "--batch-size": batch_size, "--crop-size": crop_size,
+                  "--input-size": input_size, "--init": init, "--eval-every": eval_every,
+                  "--steps-per-epoch": steps_per_epoch, "--max-val-images": max_val_images, "--backend": backend}
+        given = [k for k, v in recipe.items() if v]
+        if given:
+            raise ConfigError(f"--resume continues the run with its own recipe ({out_dir or config.train.out}/"
+                              f"run.json); drop {', '.join(given)}, or start a new run with another --out")
         session = {"device": device, "num_workers": num_workers, "epochs": epochs, "progress": not quiet,
                    "time_limit_min": time_limit}
         settings = resume_settings(out_dir or config.train.out, **{k: v for k, v in session.items() if v is not None})

@@ -123,7 +123,8 @@ class TrainConfig(Section):
         "auto", description="bf16 autocast on a CPU; auto: only where native and measured faster at start.")
     threads: int | None = Field(None, ge=1, description="Torch threads on a CPU; null: every core.")
     architecture: dict[str, Any] = Field(
-        default_factory=lambda: {"output_stride": 2, "deep_supervision": True}, description="Backend settings of a new model, e.g. output_stride: 2.")
+        default_factory=lambda: {"output_stride": 2, "deep_supervision": True},
+        description="Backend settings of a new model, e.g. output_stride: 2.")
     init: Path | None = Field(None, description="Start from this checkpoint's fitting weights; null: pretrained.")
     seed: int = 0
     num_workers: int = Field(0, ge=0, description="Data-loading processes; 0 suits 2 cores.")
@@ -332,7 +333,9 @@ class Config(Section):
         augment = Augment(crop_size=t.crop_size, scale=dict(t.scale), centre_prob=dict(t.centre_prob),
                           **t.appearance.model_dump())
         backend = overrides.pop("backend", None) or self.model.backend
-        model = {"input_size": self.model.input_size if backend == "compact" else 352, **t.architecture}
+        # the architecture keys are the compact backend's; CLIPSeg's come from its base
+        model = ({"input_size": self.model.input_size, **t.architecture} if backend == "compact"
+                 else {"input_size": 352})
         settings = dict(
             prepared=self.prep.out, out=t.out, prompts={task: self.prompts.for_task(task).all for task in TASKS},
             backend=backend, model=model, init=t.init, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,

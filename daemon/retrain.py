@@ -226,6 +226,8 @@ def _retrain(config: Config, store: Store, steps: int | None, progress: bool) ->
     best = train(config.train_settings(
         prepared=config.prep.out, out=run, backend=card.backend, model=card.settings, init=base, epochs=1,
         steps_per_epoch=steps or config.retrain.steps, lr=config.retrain.lr,
+        # a short fine-tune from trained weights: a tenth of it (at most the recipe's) to warm up
+        warmup_steps=min(config.train.warmup_steps, (steps or config.retrain.steps) // 10),
         max_val_images=config.retrain.max_val_images, command="qa-daemon retrain", progress=progress))
 
     candidate_model, cand_card = load_checkpoint(best, config.model.device)

@@ -21,6 +21,7 @@ import json
 import math
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from rich.progress import track
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from model.errors import DataError
-from model.files import write_atomic
 from model.prep import MANIFEST, Row
 
 
@@ -66,30 +66,42 @@ class ImageCache:
         self.folder = root / digest
         index_path = self.folder / "index.json"
         if not index_path.is_file():
-            if root.is_dir():
-                shutil.rmtree(root)  # caches of earlier manifests
-            self._build(rows, progress)
+            self._build(rows, root, progress)
         index = json.loads(index_path.read_text())
         self.entries = {(e["image"], e["mask"]): e for e in index["entries"]}
         self.pixels = np.memmap(self.folder / "pixels.bin", np.uint8, mode="r")
         self.masks = np.memmap(self.folder / "masks.bin", np.uint8, mode="r")
 
-    def _build(self, rows: list[Row], progress: bool) -> None:
-        self.folder.mkdir(parents=True)
-        entries, pix_off, mask_off = [], 0, 0
-        with open(self.folder / "pixels.bin", "wb") as pf, open(self.folder / "masks.bin", "wb") as mf:
-            for r in track(rows, "caching decoded images", disable=not progress):
-                rgb, mask = read_rgb(r.image), read_mask(r.mask)
-                if mask.shape != rgb.shape[:2]:
-                    raise DataError(f"{r.mask}: mask {mask.shape} and image {rgb.shape[:2]} differ; "
-                                    "run `qa-daemon prep` again")
-                pf.write(np.ascontiguousarray(rgb).tobytes())
-                mf.write(mask.astype(np.uint8).tobytes())
-                h, w = mask.shape
-                entries.append({"image": r.image, "mask": r.mask, "h": h, "w": w, "pixels": pix_off,
-                                "mask_at": mask_off})
-                pix_off, mask_off = pix_off + h * w * 3, mask_off + h * w
-        write_atomic(self.folder / "index.json", json.dumps({"entries": entries}))
+    def _build(self, rows: list[Row], root: Path, progress: bool) -> None:
+        """Write the cache in a private folder and rename it into place: a reader never sees half of one,
+        and two builders (a retrain beside a long run) do not trip over each other."""
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+        try:
+            entries, pix_off, mask_off = [], 0, 0
+            with open(tmp / "pixels.bin", "wb") as pf, open(tmp / "masks.bin", "wb") as mf:
+                for r in track(rows, "caching decoded images", disable=not progress):
+                    rgb, mask = read_rgb(r.image), read_mask(r.mask)
+                    if mask.shape != rgb.shape[:2]:
+                        raise DataError(f"{r.mask}: mask {mask.shape} and image {rgb.shape[:2]} differ; "
+                                        "run `qa-daemon prep` again")
+                    pf.write(np.ascontiguousarray(rgb).tobytes())
+                    mf.write(mask.astype(np.uint8).tobytes())
+                    h, w = mask.shape
+                    entries.append({"image": r.image, "mask": r.mask, "h": h, "w": w, "pixels": pix_off,
+                                    "mask_at": mask_off})
+                    pix_off, mask_off = pix_off + h * w * 3, mask_off + h * w
+            (tmp / "index.json").write_text(json.dumps({"entries": entries}))
+            try:
+                tmp.rename(self.folder)
+            except OSError:  # another process finished the same cache first
+                if not (self.folder / "index.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in root.iterdir():  # caches of earlier manifests (a build in progress starts with a dot)
+            if old != self.folder and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
 
     def get(self, row: Row) -> tuple[np.ndarray, np.ndarray]:
         """(RGB uint8 (H, W, 3), mask uint8 {0,1} (H, W)), read-only views."""

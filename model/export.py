@@ -40,11 +40,13 @@ def run_checkpoint(run: Path) -> Path:
 
 
 def choose(model: Segmenter, images: list[np.ndarray], truths: list[np.ndarray], prompt: str, size: int,
-           fill_choices: tuple[bool, ...] = (False, True)) -> tuple[float, float, TaskInference]:
+           tta: bool = False, fill_choices: tuple[bool, ...] = (False, True)) -> tuple[float, float, TaskInference]:
     """The best (mIoU, threshold, settings) of one prompt at input side `size` on these images."""
     model.set_input_size(size)
+    task = model.task_of(prompt) or ""
+    model.inference[task] = TaskInference(flip_tta=tta)  # choose on the probabilities that will ship
     probs = [model.predict([im], [prompt])[0][0] for im in images]
-    best = (-1.0, 0.5, TaskInference(input_size=size))
+    best = (-1.0, 0.5, TaskInference(input_size=size, flip_tta=tta))
     for threshold in THRESHOLDS:
         raw = [p > threshold for p in probs]
         for min_area, fill in itertools.product(MIN_AREAS, fill_choices):
@@ -53,7 +55,8 @@ def choose(model: Segmenter, images: list[np.ndarray], truths: list[np.ndarray],
                 acc.add(clean(m.astype(np.uint8) * 255, min_area, fill) > 0, gt)
             score = acc.scores(0.5)["miou"]
             if score > best[0] + 1e-9:
-                best = (score, float(threshold), TaskInference(input_size=size, min_area=min_area, fill_boxes=fill))
+                best = (score, float(threshold),
+                        TaskInference(input_size=size, min_area=min_area, fill_boxes=fill, flip_tta=tta))
     return best
 
 
@@ -75,15 +78,12 @@ def export(run: Path, out: Path, prepared: Path, sizes: list[int] | None = None,
         truths = [read_mask(r.mask) for r in cal_rows]
         results = {}
         for size in sizes:
-            results[size] = choose(model, images, truths, prompts[0], size)
+            results[size] = choose(model, images, truths, prompts[0], size, tta)
         size = max(results, key=lambda k: results[k][0])
         score, threshold, settings = results[size]
-        if tta:
-            settings = TaskInference(**{**asdict(settings), "flip_tta": True})
         model.thresholds[task] = threshold
         chosen[task] = {"settings": settings, "threshold": threshold, "calibration_images": len(cal_rows),
                         "calibration_miou_by_size": {str(k): round(v[0], 4) for k, v in results.items()}}
-    model.set_input_size(min(c["settings"].input_size for c in chosen.values()))
     model.inference = {t: c["settings"] for t, c in chosen.items()}
     shipped = Card(**{**asdict(card), "thresholds": dict(model.thresholds),
                       "inference": {t: i.as_dict() for t, i in model.inference.items()}})

@@ -39,7 +39,7 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     A convex surrogate of 1 - IoU of the mask `logits > 0`: lowering it raises that
     image's IoU, which is what mIoU averages. An image with an empty target still
-    has a gradient (every positive logit is an error).
+    has a gradient, through its most confident false positive.
     """
     losses = []
     for lg, tg in zip(logits.flatten(1), target.flatten(1), strict=True):

@@ -71,7 +71,6 @@ class TrainSettings:
     eval_every: int = 1  # epochs between validations
     time_limit_min: float | None = None  # stop (resumably) after the first epoch that ends past this many minutes
     max_val_images: int | None = None  # per task; None: the whole valid split
-    val_size: int | None = None  # validation input side; default: the model's input_size
     command: str = ""  # recorded in the checkpoint card
     progress: bool = True
 
@@ -87,7 +86,8 @@ def train(s: TrainSettings) -> Path:
     torch.manual_seed(s.seed)
     device = resolve_device(s.device)
     if device.type == "cpu":
-        torch.set_num_threads(s.threads or len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(s.threads or cores or 1)
     cv2.setNumThreads(1)  # crops are small; OpenCV's own pool would fight torch for the cores
     rows = read_manifest(s.prepared)
     train_rows = [r for r in rows if r.split == "train" and r.task in s.prompts]
@@ -142,7 +142,6 @@ def train(s: TrainSettings) -> Path:
     def validate() -> dict:
         """Per task: mIoU, Dice and pooled IoU at the best threshold on the valid split."""
         model.eval()
-        size, model.input_size = model.input_size, s.val_size or model.input_size
         out = {}
         for task, prompts in s.prompts.items():
             if task not in val_tasks:
@@ -156,7 +155,6 @@ def train(s: TrainSettings) -> Path:
                     acc.add(p[0], read_mask(r.mask))
             t = acc.best_threshold()
             out[task] = {"prompt": prompts[0], "threshold": t, **acc.scores(t)}
-        model.input_size = size
         model.train()
         return out
 
@@ -206,6 +204,7 @@ def train(s: TrainSettings) -> Path:
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * lr_factor(state["step"])
                 images, masks = images.to(device, non_blocking=True).float(), masks.to(device, non_blocking=True)
+                model.embed_prompts(list(prompts))  # cached in full precision, outside autocast
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     levels = model.forward_levels(images, list(prompts))
                 loss = loss_of(levels, masks, state["step"])

@@ -187,9 +187,9 @@ def test_train_eval_predict_from_the_command_line(cli, write_config, small_expor
     assert card["backend"] == backend and set(card["thresholds"]) == {"crack", "taping"}
     assert card["data"]["splits"]["crack/train"]["images"] > 0 and card["command"].startswith("qa-daemon")
 
-    resumed = cli("--config", config, "train", "-q", "--backend", backend, "--prepared", tmp_path / "prep",
-                  "--out", tmp_path / "run", "--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "2",
-                  "--input-size", "64", "--max-val-images", "2", "--resume")
+    refused = cli("--config", config, "train", "-q", "--out", tmp_path / "run", "--resume", "--lr", "0.1")
+    assert refused.code == 2 and "drop --lr" in refused.stderr
+    resumed = cli("--config", config, "train", "-q", "--out", tmp_path / "run", "--epochs", "3", "--resume")
     assert resumed.code == 0, resumed.stderr
     assert json.loads((tmp_path / "run" / "last" / "state.json").read_text())["step"] == 6
 
