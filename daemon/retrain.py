@@ -23,6 +23,7 @@ switches to a promoted version between batches.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ from daemon.paths import PHOTO_SUFFIXES
 from daemon.store import Store
 from model.errors import DataError
 from model.evaluate import Accumulator, calibration_split, samples_from_labels
+from model.postprocess import clean
 from model.prep import Row, Source, SplitPolicy, prepare, read_manifest
 from model.segmenter import Segmenter, load_checkpoint, read_card, weights_sha256
 
@@ -159,8 +161,10 @@ def _accumulate(models: dict[str, Segmenter], rows: list[Row], prompt: str, batc
     while batch := list(islice(samples, batch_size)):
         images = [image for image, _ in batch]
         for name, model in models.items():
+            settings = model.task_inference(prompt)  # its clean-up: the gate scores the masks users get
+            tidy = functools.partial(clean, min_area=settings.min_area, fill_boxes=settings.fill_boxes)
             for (_, truth), prob in zip(batch, model.predict(images, [prompt]), strict=True):
-                accs[name].add(prob[0], truth)
+                accs[name].add(prob[0], truth, clean=tidy)
     return accs
 
 

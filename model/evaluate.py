@@ -12,7 +12,7 @@ nothing was there and nothing was found.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from rich.progress import track
 
 from model.data import read_mask, read_rgb
 from model.labels import rasterize
+from model.postprocess import binary_mask
 from model.prep import MANIFEST, Source, read_manifest, read_source
 from model.segmenter import Segmenter
 
@@ -36,9 +37,17 @@ class Accumulator:
         self.pred: list[np.ndarray] = []
         self.gt: list[int] = []
 
-    def add(self, prob: np.ndarray, gt: np.ndarray) -> None:
+    def add(self, prob: np.ndarray, gt: np.ndarray, clean: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """Count one image. With `clean` (a {0,255} mask in, a {0,255} mask out: the task's clean-up), the
+        counts are those of the cleaned mask at each threshold, as users get it."""
         if prob.shape != gt.shape:
             raise ValueError(f"prediction {prob.shape} and ground truth {gt.shape} differ in size")
+        if clean is not None:
+            masks = [clean(binary_mask(prob, float(t))) > 0 for t in self.grid]
+            self.inter.append(np.array([np.count_nonzero(m & gt) for m in masks]))
+            self.pred.append(np.array([np.count_nonzero(m) for m in masks]))
+            self.gt.append(int(gt.sum()))
+            return
         # one pass: a histogram of probabilities inside and outside the ground truth; pixel > grid[k] for k < bin
         bins = np.searchsorted(self.grid, prob.ravel().astype(np.float32, copy=False), side="right")
         inside = np.bincount(bins[gt.ravel()], minlength=len(self.grid) + 1)

@@ -13,6 +13,7 @@ held-out half that chose nothing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import asdict
@@ -46,14 +47,14 @@ def choose(model: Segmenter, images: list[np.ndarray], truths: list[np.ndarray],
     task = model.task_of(prompt) or ""
     model.inference[task] = TaskInference(flip_tta=tta)  # choose on the probabilities that will ship
     probs = [model.predict([im], [prompt])[0][0] for im in images]
+    grid = THRESHOLDS
     best = (-1.0, 0.5, TaskInference(input_size=size, flip_tta=tta))
-    for threshold in THRESHOLDS:
-        raw = [p > threshold for p in probs]
-        for min_area, fill in itertools.product(MIN_AREAS, fill_choices):
-            acc = Accumulator(grid=(0.5,))
-            for m, gt in zip(raw, truths, strict=True):
-                acc.add(clean(m.astype(np.uint8) * 255, min_area, fill) > 0, gt)
-            score = acc.scores(0.5)["miou"]
+    for min_area, fill in itertools.product(MIN_AREAS, fill_choices):
+        acc = Accumulator(grid)
+        for prob, gt in zip(probs, truths, strict=True):
+            acc.add(prob, gt, clean=functools.partial(clean, min_area=min_area, fill_boxes=fill))
+        for threshold in grid:
+            score = acc.scores(threshold)["miou"]
             if score > best[0] + 1e-9:
                 best = (score, float(threshold),
                         TaskInference(input_size=size, min_area=min_area, fill_boxes=fill, flip_tta=tta))
