@@ -522,12 +522,16 @@ def model_export(
         "--input-size", help="Input side(s) to choose from per task, on calibration images [the run's].")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder from `prep` [config prep.out].")] = None,
     tta: Annotated[bool, typer.Option(help="Ship with flip test-time augmentation (twice the model time).")] = False,
+    per_task_sizes: Annotated[bool, typer.Option(
+        help="Let each task pick its own input side (tasks at different sides cannot share the image "
+             "encoding: nearly twice the model time).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Make a shippable checkpoint of a run: settings chosen on data, fp16 weights, a card with measured metrics.
 
-    Per task, the input side (among --input-size), threshold, small-component removal and box
-    filling are chosen on the calibration half of the validation split; the card's metrics are
+    The input side (among --input-size; one for all tasks unless --per-task-sizes) and, per task,
+    threshold, small-component removal and box filling are chosen on the calibration half of the
+    validation split; the card's metrics are
     then measured on the exported files with the code `qa-daemon eval` runs, on the whole split
     and on the held-out half.
 
@@ -539,7 +543,7 @@ def model_export(
     config = _config(ctx)
     read_card(run_checkpoint(run_dir))  # a clear error before any work when there is no checkpoint
     card = export(run_dir, out_dir, config.require("prep.out", prepared or config.prep.out), input_size or None,
-                  tta, config.model.batch_size, progress=not quiet)
+                  tta, config.model.batch_size, progress=not quiet, per_task_sizes=per_task_sizes)
     table = Table(title=f"{out_dir} (fp16), measured on the exported files")
     for col in ("task", "input", "threshold", "clean-up", "images", "mIoU", "Dice", "held-out mIoU"):
         table.add_column(col, justify="left" if col in ("task", "clean-up") else "right")

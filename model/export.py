@@ -2,13 +2,14 @@
 
     card = export(Path("runs/v2"), Path("model/weights/compact-v2"), Path("data/prepared"))
 
-Per task, on the calibration half of the prepared validation split (`calibration_split`),
-it chooses the input side (among `sizes`), the threshold, the removal of small
-components and the filling of components to their boxes, by mIoU of the masks users
-get. It then writes the weights in half precision, loads them back through the
-ordinary loader, and measures the card's metrics with `evaluate` (the code `qa-daemon
-eval` runs) at exactly the shipped settings: on the whole validation split and on the
-held-out half that chose nothing.
+On the calibration half of the prepared validation split (`calibration_split`) it
+chooses the input side (among `sizes`; one for all tasks, by their mean mIoU, unless
+`per_task_sizes`) and, per task, the threshold, the removal of small components and
+the filling of components to their boxes, by mIoU of the masks users get. It then
+writes the weights in half precision, loads them back through the ordinary loader,
+and measures the card's metrics with `evaluate` (the code `qa-daemon eval` runs) at
+exactly the shipped settings: on the whole validation split and on the held-out half
+that chose nothing.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def choose(model: Segmenter, images: list[np.ndarray], truths: list[np.ndarray],
 
 
 def export(run: Path, out: Path, prepared: Path, sizes: list[int] | None = None, tta: bool = False,
-           batch_size: int = 4, progress: bool = True) -> Card:
+           batch_size: int = 4, progress: bool = True, per_task_sizes: bool = False) -> Card:
     """Write `out` (fp16 weights + card) from `run`; returns the card with its measured metrics."""
     source = run_checkpoint(run)
     model, card = load_checkpoint(source)
@@ -70,21 +71,26 @@ def export(run: Path, out: Path, prepared: Path, sizes: list[int] | None = None,
     if not rows:
         raise DataError(f"{prepared}: no validation rows for {sorted(model.prompts)}; run `qa-daemon prep`")
     sizes = sizes or [model.input_size]
-    chosen: dict[str, dict] = {}
+    results: dict[str, dict[int, tuple]] = {}
+    calibration_images = {}
     for task, prompts in model.prompts.items():
         task_rows = [r for r in rows if r.task == task]
         cal, _ = calibration_split([(r.dataset, r.stem) for r in task_rows])
         cal_rows = [task_rows[i] for i in cal] or task_rows  # a split too small to halve: choose on all of it
         images = [read_rgb(r.image) for r in track(cal_rows, f"{task}: reading", disable=not progress)]
         truths = [read_mask(r.mask) for r in cal_rows]
-        results = {}
-        for size in sizes:
-            results[size] = choose(model, images, truths, prompts[0], size, tta)
-        size = max(results, key=lambda k: results[k][0])
-        score, threshold, settings = results[size]
+        results[task] = {size: choose(model, images, truths, prompts[0], size, tta) for size in sizes}
+        calibration_images[task] = len(cal_rows)
+    # one side for every task unless asked otherwise: tasks at one side share the image encoding,
+    # so two sides cost nearly two encodings
+    shared = max(sizes, key=lambda k: float(np.mean([r[k][0] for r in results.values()])))
+    chosen: dict[str, dict] = {}
+    for task, by_size in results.items():
+        size = max(by_size, key=lambda k: by_size[k][0]) if per_task_sizes else shared
+        _, threshold, settings = by_size[size]
         model.thresholds[task] = threshold
-        chosen[task] = {"settings": settings, "threshold": threshold, "calibration_images": len(cal_rows),
-                        "calibration_miou_by_size": {str(k): round(v[0], 4) for k, v in results.items()}}
+        chosen[task] = {"settings": settings, "threshold": threshold, "calibration_images": calibration_images[task],
+                        "calibration_miou_by_size": {str(k): round(v[0], 4) for k, v in by_size.items()}}
     model.inference = {t: c["settings"] for t, c in chosen.items()}
     shipped = Card(**{**asdict(card), "thresholds": dict(model.thresholds),
                       "inference": {t: i.as_dict() for t, i in model.inference.items()}})
