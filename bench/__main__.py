@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from bench import daemon as e2e
 from bench.inference import measure as model_only
 from daemon.process import decode, fit_within
+from model import SHIPPED_CHECKPOINT
 from model.segmenter import load_checkpoint
 
 
@@ -79,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer photos and runs: a smoke test of the suite")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--checkpoint", type=Path, default=e2e.REPO / "model" / "weights" / "compact-v1")
+    ap.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prepared", type=Path, default=e2e.REPO / "data" / "prepared",
                     help="prepared data for the training figure (qa-daemon prep)")

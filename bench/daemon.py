@@ -36,6 +36,8 @@ import cv2
 import psutil
 import yaml
 
+from model import SHIPPED_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 SOURCES = [SHARED / "cracks.v1i.voc" / "train", SHARED / "Drywall-Join-Detect.v1i.voc" / "train"]
@@ -183,7 +185,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=60, help="640x640 photos in the first burst")
     ap.add_argument("--large", type=int, default=20, help="4000x3000 photos in the second burst")
     ap.add_argument("--steady", type=int, default=0, help="640x640 photos sent one per second afterwards")
-    ap.add_argument("--checkpoint", type=Path, default=REPO / "model" / "weights" / "compact-v1")
+    ap.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", action="store_true")

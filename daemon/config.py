@@ -17,14 +17,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# the model shipped inside the package, so `qa-daemon run --watch DIR` works without a config file
+from model import SHIPPED_CHECKPOINT
 from model.errors import QAError
 
 Task = Literal["crack", "taping"]
 TASKS: tuple[Task, ...] = ("crack", "taping")
 DEFAULT_CONFIG = Path("config.yaml")
 STORE_ENV = "QA_DAEMON_STORE"  # --store's variable: keeps a URL with a password out of the process list
-# the model shipped inside the package, so `qa-daemon run --watch DIR` works without a config file
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "model" / "weights" / "compact-v1"
+
 LAYOUT_FIELDS = ("site", "location", "_")
 
 

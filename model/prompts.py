@@ -297,10 +297,10 @@ def shipped_prompts() -> dict[str, list[str]]:
     """The per-task prompts of the shipped checkpoint (those of config.yaml), canonical first: what
     THRESHOLD and MARGIN were chosen against."""
     import json
-    from pathlib import Path
 
-    card = Path(__file__).resolve().parent / "weights" / "compact-v1" / "card.json"
-    return json.loads(card.read_text())["prompts"]
+    from model import SHIPPED_CHECKPOINT
+
+    return json.loads((SHIPPED_CHECKPOINT / "card.json").read_text())["prompts"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,3 +79,12 @@ def test_the_prompt_decides_what_is_segmented(shipped):
                       (probs[1] > model.threshold("segment crack")).mean()])
     taping, crack = np.mean(areas, axis=0)
     assert crack < 0.5 * taping
+
+
+def test_the_shipped_card_holds_metrics_measured_at_the_settings_it_ships_with():
+    card = json.loads((SHIPPED / "card.json").read_text())
+    for task in ("crack", "taping"):
+        settings, m = card["inference"][task], card["metrics"][task]
+        assert m["threshold"] == card["thresholds"][task]  # scored at the threshold it ships with
+        assert m["images"] > m["held_out"]["images"] > 0  # the whole split, and the half that chose nothing
+        assert str(settings["input_size"]) in m["chosen_on_calibration"]["calibration_miou_by_size"]
