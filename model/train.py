@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from model.data import Augment, ImageCache, SegmentationSet, balanced_sampler, read_mask, read_rgb
@@ -38,6 +37,7 @@ from model.errors import CheckpointError, DataError
 from model.evaluate import Accumulator
 from model.losses import bce_dice, bce_lovasz
 from model.prep import read_manifest
+from model.runstate import EMA, EMA_WEIGHTS, get_rng, load_optimizer, save_optimizer, set_rng
 from model.segmenter import Card, Segmenter, build, load_checkpoint, resolve_device, save_checkpoint
 
 
@@ -115,10 +115,10 @@ def train(s: TrainSettings) -> Path:
         group["base_lr"] = group["lr"]
     ema = EMA(model, s.ema_decay) if s.ema_decay > 0 else None
     if s.resume:
-        _load_optimizer(optimizer, last)
+        load_optimizer(optimizer, last)
         if ema is not None and (last / EMA_WEIGHTS).is_file():
             ema.load(last / EMA_WEIGHTS)
-        _set_rng(state.get("rng"))
+        set_rng(state.get("rng"))
     amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and s.cpu_bf16 != "off":
@@ -228,7 +228,7 @@ def train(s: TrainSettings) -> Path:
             out_of_time = s.time_limit_min is not None and time.time() - started >= 60 * s.time_limit_min
             if state["epoch"] % s.eval_every and state["epoch"] < s.epochs and not out_of_time:
                 continue
-            with ema.applied(model) if ema is not None else _nothing():
+            with ema.applied(model) if ema is not None else nullcontext():
                 metrics = validate()
                 score = float(np.mean([m["miou"] for m in metrics.values()]))
                 improved = score > state["best_score"]
@@ -236,10 +236,10 @@ def train(s: TrainSettings) -> Path:
                     state["best_score"] = score
                     save(best, metrics)
             save(last, metrics)
-            _save_optimizer(optimizer, last)
+            save_optimizer(optimizer, last)
             if ema is not None:
                 ema.save(last / EMA_WEIGHTS)
-            (last / "state.json").write_text(json.dumps({**state, "rng": _get_rng()}))
+            (last / "state.json").write_text(json.dumps({**state, "rng": get_rng()}))
             _log(log_path, {"epoch": state["epoch"], "step": state["step"], "loss": float(np.mean(losses or [0])),
                             "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - epoch_start, 1),
                             "train_images_per_s": round(len(losses) * s.batch_size / max(loop_seconds, 1e-9), 2),
@@ -253,61 +253,6 @@ def train(s: TrainSettings) -> Path:
                                   f"continue with: qa-daemon train --out {s.out} --resume")
                 break
     return best
-
-
-EMA_WEIGHTS = "ema.safetensors"
-
-
-class EMA:
-    """An exponential moving average of the checkpointed weights (batch-norm statistics included).
-
-    The decay ramps up as min(decay, (1 + n) / (10 + n)), so early averages are not
-    dominated by the untrained start.
-    """
-
-    def __init__(self, model: Segmenter, decay: float):
-        self.decay, self.updates = decay, 0
-        self.state = {k: v.detach().clone() for k, v in model.trainable_state().items() if v.is_floating_point()}
-
-    @torch.no_grad()
-    def update(self, model: Segmenter) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        current = model.trainable_state()
-        keys = list(self.state)
-        torch._foreach_lerp_([self.state[k] for k in keys], [current[k].detach() for k in keys], 1 - d)
-
-    @contextmanager
-    def applied(self, model: Segmenter):
-        """The model with the averaged weights inside the block, its own weights after it."""
-        current = model.trainable_state()
-        saved = {k: current[k].detach().clone() for k in self.state}
-        with torch.no_grad():
-            for k, v in self.state.items():
-                current[k].copy_(v)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for k, v in saved.items():
-                    current[k].copy_(v)
-
-    def save(self, path: Path) -> None:
-        save_file({k: v.contiguous() for k, v in self.state.items()}, str(path),
-                  metadata={"updates": str(self.updates)})
-
-    def load(self, path: Path) -> None:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            self.updates = int(f.metadata().get("updates", 0))
-        for k, v in load_file(str(path)).items():
-            self.state[k].copy_(v)
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def resume_settings(out: Path, **changes) -> TrainSettings:
@@ -374,23 +319,6 @@ def _cpu_bf16_faster(model: Segmenter, s: TrainSettings) -> bool:
     return timings[True] < 0.9 * timings[False]
 
 
-def _get_rng() -> dict:
-    """The generators augmentation and sampling draw from (the sampler has its own, seeded per epoch)."""
-    return {"python": repr(random.getstate()), "torch": torch.get_rng_state().tolist()}
-
-
-def _set_rng(rng: dict | None) -> None:
-    if rng:
-        import ast
-
-        random.setstate(_tuples(ast.literal_eval(rng["python"])))
-        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
@@ -405,26 +333,6 @@ def _data_info(rows) -> dict:
         c["stems"].add((r.dataset, r.stem))
     return {"datasets": sorted({r.dataset for r in rows}),
             "splits": {k: {"images": v["images"], "stems": len(v["stems"])} for k, v in sorted(counts.items())}}
-
-
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """Optimizer moments as safetensors, its scalars as JSON: resumable without pickle."""
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in sd["state"].items()
-               for k, v in st.items() if torch.is_tensor(v)}
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    (folder / "optimizer.json").write_text(json.dumps({"param_groups": groups}))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    groups = json.loads((folder / "optimizer.json").read_text())["param_groups"]
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def _log(path: Path, record: dict) -> None:
