@@ -23,28 +23,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from bench import daemon as e2e
 from bench.inference import measure as model_only
-from daemon.process import decode, fit_within
 from model import SHIPPED_CHECKPOINT
-from model.segmenter import load_checkpoint
-
-
-def decode_full(path: Path, side: int) -> np.ndarray:
-    """What decoding costs without draft mode: every pixel, then resized down."""
-    with Image.open(path) as im:
-        return fit_within(np.asarray(ImageOps.exif_transpose(im).convert("RGB")), side)
+from model.checkpoint import load_checkpoint
+from model.images import decode, fit_within
 
 
 def draft_decode(runs: int, side: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         [big] = e2e.make_large(e2e.real_photos(1), Path(tmp))
-        timings = {}
-        for name, fn in (("full_ms", lambda: decode_full(big, side)), ("draft_ms", lambda: decode(big, side))):
+        timings = {}  # full: every pixel decoded, then resized down; draft: JPEG DCT scaling
+        for name, fn in (("full_ms", lambda: fit_within(decode(big).rgb, side)),
+                         ("draft_ms", lambda: decode(big, side))):
             fn()
             samples = []
             for _ in range(runs):

@@ -24,23 +24,20 @@ import platform
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
-import psutil
-import yaml
 
 from model import SHIPPED_CHECKPOINT
+from tests.support.daemon import DaemonError, DaemonProcess, write_daemon_config
+from tests.support.datasets import CRACKS, DRYWALL, SHARED
+from tests.support.datasets import REPO as REPO  # bench/__main__.py and bench/soak.py read it here
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
-SOURCES = [SHARED / "cracks.v1i.voc" / "train", SHARED / "Drywall-Join-Detect.v1i.voc" / "train"]
+SOURCES = [CRACKS / "train", DRYWALL / "train"]
 
 
 def real_photos(n: int, skip: int = 0) -> list[Path]:
@@ -60,19 +57,6 @@ def make_large(sources: list[Path], folder: Path) -> list[Path]:
         cv2.imwrite(str(target), im, [cv2.IMWRITE_JPEG_QUALITY, 90])
         out.append(target)
     return out
-
-
-class Memory(threading.Thread):
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.proc, self.peak, self.stop = psutil.Process(pid), 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.1):
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
 
 
 def committed(db: Path, names: set[str]) -> dict[str, datetime]:
@@ -144,36 +128,25 @@ def burst(home: Path, files: list[Path], folder: str, timeout: float = 1800) -> 
 def run(photos: int, large: int, steady_photos: int, checkpoint: Path, device: str, batch_size: int) -> dict:
     """Start a daemon, send the bursts and the steady stream through it; the figures and its peak memory."""
     home = Path(tempfile.mkdtemp(prefix="qa-bench-"))
-    (home / "in").mkdir()
-    config = home / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    config = write_daemon_config(home, {
         "model": {"checkpoint": str(checkpoint), "device": device, "batch_size": batch_size},
         "watch": {"roots": ["in"], "settle_s": 0.5, "heartbeat_s": 30}, "store": {"url": "sqlite:///qa.sqlite3"},
-        "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None}}))
+        "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None}})
     small = real_photos(photos + steady_photos)
     large_files = make_large(real_photos(large, skip=photos + steady_photos), home / "large-src")
-    log = (home / "daemon.log").open("w")
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(config), "run"], cwd=home, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-    memory = Memory(proc.pid)
-    memory.start()
-    try:
-        while "qa-daemon started" not in (home / "daemon.log").read_text():
-            if proc.poll() is not None:
-                sys.exit(f"the daemon exited:\n{(home / 'daemon.log').read_text()}")
-            time.sleep(0.2)
-        startup = time.monotonic() - start
+    with DaemonProcess(home, config, track_memory=True) as daemon:
+        try:
+            daemon.start(wait=True)
+        except DaemonError as exc:
+            sys.exit(f"{exc}\n{daemon.log_text()}")
         results = {"640x640": burst(home, small[:photos], "small"),
                    "4000x3000": burst(home, large_files, "large")}
         if steady_photos:
             results["steady_640x640"] = steady(home, small[photos:], "steady", rate=1.0)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
-        memory.stop.set()
+        daemon.terminate(timeout=120)
     shutil.rmtree(home, ignore_errors=True)
-    return {"bursts": results, "peak_rss_mb": round(memory.peak / 2**20), "startup_s": round(startup, 1)}
+    return {"bursts": results, "peak_rss_mb": round(daemon.peak_rss / 2**20),
+            "startup_s": round(daemon.startups[0], 1)}
 
 
 def hardware() -> str:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from model.clipseg import write_random_base
-from model.segmenter import Segmenter, build, resolve_device
+from model.backends import build
+from model.device import resolve_device
+from model.segmenter import Segmenter
+from tests.support.models import write_random_base
 
 PROMPTS = ["segment crack", "segment taping area"]
 

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from bench.inference import time_ms
+from model.backends import build
+from model.checkpoint import load_checkpoint
 from model.data import read_rgb
 from model.losses import bce_dice
-from model.segmenter import build, load_checkpoint
 
 PROMPTS = ["segment crack", "segment taping area"]
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cracks.v1i.voc" / "valid"

@@ -4,10 +4,12 @@
 
 Threads, each taking the config and the one stop event:
 
-    watcher    OS events (or polling) and rescans   -> candidate files    (daemon/watcher.py)
+    watcher    OS events (or polling) and rescans   -> candidate files, settling  (daemon/watcher.py, settle.py)
     intake     settled files: checks, sha256         -> photos + pending jobs in the store  (daemon/intake.py)
-    processor  pending jobs: segment, measure        -> detections + done, one transaction  (daemon/process.py)
-    heartbeat  one status line every watch.heartbeat_s
+    processor  its own recovery at start, then pending jobs: segment, measure
+                                                     -> detections + done, one transaction  (daemon/process.py)
+    heartbeat  marks this daemon alive; one status line every watch.heartbeat_s
+    take-over  shared stores only: a silent (dead) daemon's photos back to the queue
     scheduler  APScheduler: reports, retrain check, clean-up (daemon/schedule.py)
 
 The queue is the store's `jobs` table, so it survives any crash: at start, jobs left
@@ -25,20 +27,24 @@ import signal
 import threading
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from daemon.config import Config, ConfigError
-from daemon.intake import IntakeWorker, Settler
+from daemon.days import today_start_utc
+from daemon.intake import IntakeWorker
 from daemon.paths import present
 from daemon.process import Processor, load_warm
 from daemon.schedule import Scheduler
+from daemon.settle import Settler
 from daemon.space import Space
-from daemon.store import ModelVersion, Store, StoreLock, redact, sqlite_path, worker_name
+from daemon.store import FailureStage, ModelVersion, Store, StoreLock, redact, sqlite_path, worker_name
 from daemon.watcher import Watcher
+from model.checkpoint import read_card, weights_sha256
 from model.errors import QAError
-from model.segmenter import Segmenter, read_card, weights_sha256
+from model.segmenter import Segmenter
 
 log = logging.getLogger("qa-daemon")
 
@@ -54,10 +60,14 @@ class OneLine(logging.Formatter):
         return super().formatMessage(record)
 
 
-def today_start_utc() -> datetime:
-    """Local midnight today, as naive UTC like the store's timestamps."""
-    midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.astimezone(UTC).replace(tzinfo=None)
+def log_to_stderr() -> None:
+    """The daemon's logging (`qa-daemon run`): INFO and up on stderr, one line per record (`OneLine`);
+    the chatter of watchdog, alembic, PIL and apscheduler only from WARNING."""
+    handler = logging.StreamHandler()  # sys.stderr
+    handler.setFormatter(OneLine("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    for noisy in ("watchdog", "alembic", "PIL", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def stale_after(config: Config) -> float:
@@ -65,27 +75,38 @@ def stale_after(config: Config) -> float:
     return max(3 * config.watch.heartbeat_s, 30.0)
 
 
+def pause_recorder(store: Store, worker: str, folder: Path):
+    """What the daemon does when the outputs disk pauses work, or resumes it (`Space.on_change`): a pause
+    is recorded once as a failure of stage `outputs`, and either shows in `qa-daemon status` at once
+    rather than at the next heartbeat."""
+
+    def on_change(paused: str | None, message: str) -> None:
+        try:
+            if paused is not None:
+                store.queue.record_failure(folder, FailureStage.outputs, message, attempt=1, final=False)
+        finally:
+            with contextlib.suppress(SQLAlchemyError):  # the heartbeat tries again
+                store.runs.beat(worker, paused)
+
+    return on_change
+
+
 class Heartbeat(threading.Thread):
-    """Logs the queue's state every `watch.heartbeat_s`, so a silent daemon is visibly alive."""
+    """Marks this daemon alive in the store and logs the queue's state every `watch.heartbeat_s`, so a
+    silent daemon is visibly alive."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, settler: Settler,
-                 watcher: Watcher, space: Space, worker: str, stale_s: float | None):
+                 watcher: Watcher, space: Space, worker: str):
         super().__init__(name="heartbeat", daemon=True)
         self.config, self.stop_event, self.store, self.settler = config, stop_event, store, settler
-        self.watcher, self.space = watcher, space
-        self.worker, self.stale_s = worker, stale_s  # stale_s: requeue silent daemons' jobs (shared store)
+        self.watcher, self.space, self.worker = watcher, space, worker
 
     def run(self) -> None:
         last = None
         while not self.stop_event.wait(self.config.watch.heartbeat_s):
             try:
-                self.store.beat(self.worker, self.space.paused)
-                if self.stale_s is not None:
-                    requeued, _ = self.store.recover(self.config.watch.max_attempts, self.stale_s)
-                    if requeued:
-                        log.warning("%d photos in hand of a daemon silent for %.0f s are queued again",
-                                    requeued, self.stale_s)
-                c = self.store.counts(today_start_utc())
+                self.store.runs.beat(self.worker, self.space.paused)
+                c = self.store.queue.counts(today_start_utc())
             except Exception as exc:  # noqa: BLE001 - a heartbeat reports trouble, it never dies of it
                 log.warning("heartbeat: store not readable (%s)", exc)
                 continue
@@ -96,6 +117,25 @@ class Heartbeat(threading.Thread):
             log.info("heartbeat: %d processed%s, %d pending, %d settling, %d failed, %d duplicates%s",
                      c["processed"], since, c["pending"], len(self.settler), c["failed"], c["duplicates"], trouble)
             last = c["processed"]
+
+
+class TakeOver(threading.Thread):
+    """On a shared store (PostgreSQL): every `watch.heartbeat_s`, the photos held by a daemon silent for
+    `stale_s` (it died) go back to the queue for any daemon to take."""
+
+    def __init__(self, config: Config, stop_event: threading.Event, store: Store, stale_s: float):
+        super().__init__(name="take-over", daemon=True)
+        self.config, self.stop_event, self.store, self.stale_s = config, stop_event, store, stale_s
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.config.watch.heartbeat_s):
+            try:
+                requeued, _ = self.store.queue.take_over(self.config.watch.max_attempts, self.stale_s)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("take-over: store not available (%s)", exc)
+                continue
+            if requeued:
+                log.warning("%d photos in hand of a daemon silent for %.0f s are queued again", requeued, self.stale_s)
 
 
 class App:
@@ -122,28 +162,21 @@ class App:
                               "create the folder, fix the path, or pass --watch DIR")
         self.lock.acquire()
         self.store = Store.open(config.store.url)
-        # alone on a SQLite file every running job is ours to requeue; on a shared server, only a silent daemon's
-        requeued, exhausted = self.store.recover(config.watch.max_attempts, None if self.exclusive else self.stale_s)
-        self.store.beat(self.worker)
-        if requeued:
-            log.info("%d photos left in progress by an earlier run are queued again", requeued)
+        self.store.runs.beat(self.worker)
         version, model = self.startup_model()
-        space = Space(config.outputs.dir, config.outputs.min_free_mb, self.store, self.worker)
+        space = Space(config.outputs.dir, config.outputs.min_free_mb,
+                      pause_recorder(self.store, self.worker, config.outputs.dir))
         settler = Settler(config.watch.settle_s, config.watch.retry_backoff_s, config.watch.max_attempts,
                           config.watch.incomplete_after_s)
-        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots, space)
-        for job in exhausted:  # in hand at every one of its attempts: it may be what stops the daemon
-            processor.failed(job, f"the daemon stopped {job.attempts} times while processing this photo", final=True)
-        if config.outputs.archive is not None:  # finish archive moves cut short by a crash
-            for root in roots:
-                for photo_id, path in self.store.done_photos_under(root):
-                    if path.exists():
-                        processor.archive(photo_id, path)
+        # alone on a SQLite file every running job is ours to requeue; on a shared server, only a silent daemon's
+        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots, space,
+                              recover_stale_s=None if self.exclusive else self.stale_s)
         intake = IntakeWorker(config, self.stop_event, self.store, settler, self.work_ready, space)
         self.watcher = Watcher(config, self.stop_event, self.store, settler)
-        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher, space, self.worker,
-                              None if self.exclusive else self.stale_s)
+        heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher, space, self.worker)
         self.threads = [processor, intake, self.watcher, heartbeat]
+        if not self.exclusive:
+            self.threads.append(TakeOver(config, self.stop_event, self.store, self.stale_s))
         for t in self.threads:
             t.start()
         self.scheduler = Scheduler(config, self.store)
@@ -161,7 +194,7 @@ class App:
         configured = config.model.checkpoint
         card = read_card(configured)
         digest = weights_sha256(configured)
-        version = store.startup_model(configured, card.backend, digest, asdict(card))
+        version = store.models.startup(configured, card.backend, digest, asdict(card))
         if Path(version.path) != configured:
             log.info("model version %s was promoted since %s; running it (`qa-daemon model list`)",
                      version.name, configured)
@@ -170,8 +203,8 @@ class App:
             except (QAError, OSError, RuntimeError) as exc:
                 log.error("model version %s cannot be loaded (%s); it is marked rejected and %s runs instead; "
                           "fix it and `qa-daemon model promote` it again", version.name, exc, configured)
-                store.reject(version.id, keep_id=None)
-                version = store.startup_model(configured, card.backend, digest, asdict(card))
+                store.models.reject(version.id, keep_id=None)
+                version = store.models.startup(configured, card.backend, digest, asdict(card))
         return version, load_warm(configured, config.model.device, config)
 
     def stop(self) -> None:
@@ -186,7 +219,7 @@ class App:
                 t.join()
         if self.store is not None:
             with contextlib.suppress(Exception):  # the store may be what failed
-                self.store.leave(self.worker)
+                self.store.runs.leave(self.worker)
             self.store.close()
         self.lock.release()
 
@@ -221,15 +254,15 @@ def status(config: Config) -> dict[str, Any]:
     """The daemon's state as `qa-daemon status --json` prints it."""
     store = Store.open_existing(config.store.url)
     try:
-        counts = store.counts(today_start_utc())
+        counts = store.queue.counts(today_start_utc())
         failures = [{"at": f.at.isoformat(timespec="seconds"), "path": f.path, "stage": f.stage, "error": f.error,
-                     "quarantined_to": f.quarantined_to} for f in store.recent_failures(5)]
-        model = store.active_model()
-        seen = store.daemons_seen(stale_after(config))
+                     "quarantined_to": f.quarantined_to} for f in store.queue.recent_failures(5)]
+        active = store.models.active()
+        seen = store.runs.daemons_seen(stale_after(config))
     finally:
         store.close()
     running = StoreLock(config.store.url).held_elsewhere() if sqlite_path(config.store.url) else bool(seen)
     paused = "; ".join(f"{worker}: {why}" if len(seen) > 1 else why for worker, why in seen if why) or None
     return {"running": running, "paused": paused if running else None, **counts,
-            "model": model or config.model.checkpoint.name, "store": redact(config.store.url),
+            "model": active.name if active else config.model.checkpoint.name, "store": redact(config.store.url),
             "recent_failures": failures, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

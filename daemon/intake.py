@@ -1,17 +1,19 @@
-"""Intake: the checks a file passes before it is recorded as a photo, and the wait for it to settle.
+"""Intake: the checks a file passes before it is recorded as a photo.
 
-A file found by the watcher waits in the `Settler` until its size and mtime have
-held still for `watch.settle_s`; then `identify()` runs the checklist:
+A file found by the watcher waits in the `Settler` (daemon/settle.py) until its size and mtime
+have held still for `watch.settle_s`; then `identify()` runs the checklist:
 
 1. still there, a regular file (a link only when it points inside its watch root);
 2. not empty;
 3. starts like a JPEG or PNG;
 4. decodes to the end (JPEG at 1/8 scale, which still reads every byte; PNG chunk CRCs);
 5. unchanged while it was read;
-6. its sha256, site and location (folder layout) and capture time (EXIF, else mtime).
+6. its sha256, site and location (folder layout), capture time (EXIF, else mtime) and the names
+   its mask files get.
 
-`Incomplete` means "maybe still being written": the file is tried again with
-backoff and quarantined after `watch.max_attempts`. `NotAPhoto` is final at once.
+Intake decides what a file is; the store's queue records it. `Incomplete` means "maybe still
+being written": the file is tried again with backoff and quarantined after `watch.max_attempts`.
+`NotAPhoto` is final at once.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import logging
 import os
 import stat
 import threading
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -30,15 +30,16 @@ from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.config import Config
-from daemon.paths import inside, place, quarantine
+from daemon.paths import inside, place, quarantine, safe_part
+from daemon.settle import Settler
 from daemon.space import Space
-from daemon.store import Identified, Store, StoreError
+from daemon.store import Added, FailureStage, Identified, Store, StoreError
+from model.images import displayed_size, exif_time
 
 log = logging.getLogger("qa-daemon")
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-EXIF_IFD, DATETIME_ORIGINAL = 0x8769, 36867
 
 
 class Incomplete(Exception):
@@ -73,9 +74,24 @@ def identify(path: Path, root: Path, levels: list[str]) -> Identified:
         raise Incomplete("the file changed while it was being read")
     site, location = place(path, root, levels)
     captured_from = "exif" if captured else "mtime"
-    return Identified(path=path, sha256=sha, size=after.st_size, mtime_ns=after.st_mtime_ns, site=site,
+    return Identified(path=path, sha256=sha, image_ids=image_ids(path, sha), size=after.st_size,
+                      mtime_ns=after.st_mtime_ns, site=site,
                       location=location, captured_at=captured or datetime.fromtimestamp(after.st_mtime),
                       captured_from=captured_from, width=width, height=height)
+
+
+def record(store: Store, f: Identified) -> Added:
+    """Queue an identified photo. The same bytes as a known photo are a copy (a duplicate) while that
+    photo's file is still where the store last saw it, and the photo moved when it is not."""
+    earlier = store.queue.path_of(f.sha256)
+    return store.queue.add_photo(f, earlier_gone=earlier is not None and not os.path.lexists(earlier))
+
+
+def image_ids(path: Path, sha256: str) -> tuple[str, str]:
+    """The names a photo's mask files may get, in order of preference: its file name's stem, made safe;
+    with the start of its sha256 when another photo of its site already has that name."""
+    stem = safe_part(path.stem)
+    return stem, f"{stem}-{sha256[:8]}"
 
 
 def _regular_file(path: Path, root: Path) -> os.stat_result:
@@ -109,98 +125,7 @@ def _decode_fully(path: Path, jpeg: bool) -> tuple[int, int, datetime | None]:
         raise NotAPhoto(f"too many pixels to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Incomplete(f"does not decode to the end ({exc})") from None
-    return *shown, _exif_time(exif)
-
-
-def displayed_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) as the photo is shown: a quarter-turn EXIF orientation swaps them."""
-    w, h = im.size
-    return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
-
-
-def _exif_time(exif: Image.Exif) -> datetime | None:
-    raw = exif.get_ifd(EXIF_IFD).get(DATETIME_ORIGINAL)
-    if not isinstance(raw, str):
-        return None
-    try:
-        return datetime.strptime(raw.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None
-
-
-@dataclass
-class Waiting:
-    root: Path
-    size: int
-    mtime_ns: int
-    stable_since: float
-    due: float
-    attempts: int = 0
-    error: str = ""
-
-
-class Settler:
-    """Files seen but not yet taken; thread-safe. A file is ready once unchanged for `settle_s`."""
-
-    def __init__(self, settle_s: float, backoff_s: float, max_attempts: int, give_up_after_s: float = 0.0):
-        self.settle_s, self.backoff_s, self.max_attempts = settle_s, backoff_s, max_attempts
-        self.give_up_after_s = give_up_after_s  # a stalled copy may resume: never give up on a file sooner
-        self._waiting: dict[Path, Waiting] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def offer(self, path: Path, root: Path) -> None:
-        """A file event or rescan saw `path`; start watching it settle (again, if it changed)."""
-        now = time.monotonic()
-        with self._lock:
-            if path not in self._waiting:
-                self._waiting[path] = Waiting(root, -1, -1, now, now)
-
-    def ready(self) -> list[tuple[Path, Path, int]]:
-        """(path, root, attempts so far) of the files that have held still for `settle_s`."""
-        now, out = time.monotonic(), []
-        with self._lock:
-            items = [(p, w) for p, w in self._waiting.items() if w.due <= now]
-        for path, w in items:
-            try:
-                st = os.stat(path)
-            except OSError:
-                self.forget(path)  # gone (moved away or deleted) before it settled
-                continue
-            if (st.st_size, st.st_mtime_ns) != (w.size, w.mtime_ns):
-                # still changing (or first look): the clock starts again, and so do the attempts
-                w.size, w.mtime_ns, w.stable_since, w.due, w.attempts = (
-                    st.st_size, st.st_mtime_ns, now, now + self.settle_s, 0)
-            elif now - w.stable_since >= self.settle_s:
-                out.append((path, w.root, w.attempts))
-            else:
-                w.due = w.stable_since + self.settle_s
-        return out
-
-    def retry(self, path: Path, error: str) -> bool:
-        """Try `path` again after a backoff; True (give up) after `max_attempts` failures and
-        `give_up_after_s` seconds without a change."""
-        with self._lock:
-            w = self._waiting.get(path)
-            if w is None:
-                return False
-            w.attempts += 1
-            w.error = error
-            now = time.monotonic()
-            w.due = now + self.backoff_s * 2 ** (w.attempts - 1)
-            return w.attempts >= self.max_attempts and now - w.stable_since >= self.give_up_after_s
-
-    def postpone(self, path: Path) -> None:
-        """Try again after a backoff without counting an attempt: the trouble was not the file's."""
-        with self._lock:
-            if path in self._waiting:
-                self._waiting[path].due = time.monotonic() + max(self.backoff_s, 1.0)
-
-    def forget(self, path: Path) -> None:
-        with self._lock:
-            self._waiting.pop(path, None)
+    return *shown, exif_time(exif)
 
 
 class IntakeWorker(threading.Thread):
@@ -228,7 +153,7 @@ class IntakeWorker(threading.Thread):
 
     def take(self, path: Path, root: Path, attempts: int) -> None:
         try:
-            added = self.store.add_photo(identify(path, root, self.config.watch.levels))
+            added = record(self.store, identify(path, root, self.config.watch.levels))
         except Incomplete as exc:
             if self.settler.retry(path, str(exc)):
                 self.reject(path, root, f"{exc} (after {attempts + 1} attempts)", attempts + 1)
@@ -253,7 +178,8 @@ class IntakeWorker(threading.Thread):
         self.settler.forget(path)
         try:
             moved = quarantine(path, root, self.config.outputs.quarantine, reason)
-            self.store.record_failure(path, "intake", reason, attempt, final=True, quarantined_to=moved)
+            self.store.queue.record_failure(path, FailureStage.intake, reason, attempt, final=True,
+                                            quarantined_to=moved)
         except (OSError, SQLAlchemyError) as exc:
             log.error("%s: could not be quarantined or its failure recorded (%s)", path, exc)
             return

@@ -14,18 +14,18 @@ import re
 import shutil
 from pathlib import Path
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
-# partial downloads and editor/sync leftovers; never photos, even when they end in .jpg
-TEMP_SUFFIXES = {".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".filepart", ".swp"}
+from model.images import PHOTO_SUFFIXES
+
 UNKNOWN = "unknown"
 
 
 def is_photo(path: Path) -> bool:
-    """A JPEG or PNG name (any case) that is not hidden or temporary."""
+    """A JPEG or PNG name (any case) that is not hidden or an editor's backup. Partial downloads
+    ("IMG_1.jpg.part", ".crdownload", ".tmp") end in another suffix, so they are not photos either."""
     name = path.name
     if name.startswith((".", "~")) or name.endswith("~"):
         return False
-    return path.suffix.lower() in PHOTO_SUFFIXES and path.suffix.lower() not in TEMP_SUFFIXES
+    return path.suffix.lower() in PHOTO_SUFFIXES
 
 
 def present(folder: Path) -> bool:

@@ -4,8 +4,9 @@ For each batch the processor claims from the store:
 
 1. decode each photo fast: JPEG DCT scaling (Pillow's draft mode) straight to about twice
    the model's input side, EXIF orientation applied;
-2. run the model once per batch: one image encoding, both canonical prompts decoded against it
-   (on the GPU when there is one; CUDA out-of-memory halves the batch and tries again);
+2. run the model: one image encoding per photo, both canonical prompts decoded against it; on a GPU
+   a batch of photos per call (CUDA out-of-memory halves the batch and tries again), on a CPU one
+   photo per call, which measured faster there (`Processor.infer_batch`);
 3. per photo: threshold at working resolution, scale the masks to the source's size and write
    `{image_id}__segment_crack.png` and `{image_id}__segment_taping_area.png` ({0,255}) and an
    overlay JPEG under `outputs/<site>/<capture date>/`, and measure;
@@ -23,57 +24,28 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.config import TASKS, Config
-from daemon.intake import displayed_size
 from daemon.measure import measure
 from daemon.paths import move_into, present, quarantine, safe_part
 from daemon.space import Space, no_space
 from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
+from model.checkpoint import load_checkpoint
 from model.errors import QAError
-from model.files import write_atomic
-from model.masks import mask_name, overlay, write_png
+from model.images import Decoded, decode
+from model.masks import write_masks, write_overlay
 from model.postprocess import binary_mask
-from model.segmenter import Segmenter, load_checkpoint
+from model.segmenter import Segmenter
 
 log = logging.getLogger("qa-daemon")
-
-
-@dataclass
-class Decoded:
-    rgb: np.ndarray  # (h, w, 3) at working resolution, orientation applied
-    size: tuple[int, int]  # (width, height) of the source, orientation applied
-    ms: float
-
-
-def decode(path: Path, side: int) -> Decoded:
-    """The photo at working resolution (longest side about `side`, never upscaled) and its source size."""
-    start = time.perf_counter()
-    with Image.open(path) as im:
-        size = displayed_size(im)
-        im.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `side`
-        rgb = _rgb8(ImageOps.exif_transpose(im))
-    return Decoded(np.ascontiguousarray(fit_within(rgb, side)), size, (time.perf_counter() - start) * 1000)
-
-
-
-def fit_within(image: np.ndarray, side: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """`image` scaled down so that its longest side is at most `side` (never up)."""
-    longest = max(image.shape[:2])
-    if longest <= side:
-        return image
-    f = side / longest
-    size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
-    return cv2.resize(image, size, interpolation=interpolation)
 
 
 def warm_up(model: Segmenter, config: Config) -> None:
@@ -106,21 +78,12 @@ def gpu_batch_size(model: Segmenter, config: Config, headroom: float = 0.6) -> i
     return min(fits, config.model.batch_size)
 
 
-def _rgb8(im: Image.Image) -> np.ndarray:
-    """RGB uint8 of any mode; 16- and 32-bit grey is scaled down, not clipped (Pillow's convert clips)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        grey = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(grey.max()), 1.0)
-        grey = np.clip(grey * (255.0 / top), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
-
-
 class Processor(threading.Thread):
     """Claims queued photos in batches and processes them; the only thread that runs the model."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, model: Segmenter,
-                 model_version_id: int, work_ready: threading.Event, roots: list[Path], space: Space):
+                 model_version_id: int, work_ready: threading.Event, roots: list[Path], space: Space,
+                 recover_stale_s: float | None = None):
         super().__init__(name="processor", daemon=True)
         self.config, self.stop_event, self.store, self.model = config, stop_event, store, model
         self.model_version_id, self.work_ready, self.roots, self.space = model_version_id, work_ready, roots, space
@@ -131,22 +94,49 @@ class Processor(threading.Thread):
         self.side = 2 * model.largest_input_size  # working resolution: masks are measured here, then scaled up
         self.worker = worker_name()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="photo")  # cv2 and Pillow free the GIL
-        self.processed = 0
+        self.recover_stale_s = recover_stale_s  # None: this daemon holds the store alone
         self.checked_model_at, self.refused_version = 0.0, None
         self.stranded = False  # a job's outcome could not be recorded: it is still `running` in the store
 
+    def recover(self) -> None:
+        """Before the first claim: the work an earlier run left unfinished. Jobs left running go back to
+        the queue (alone on the store all of them; on a shared one, those of silent daemons); a photo that
+        was in hand at every one of its attempts is quarantined (it may be what stops the daemon); photos
+        processed but not yet archived are archived."""
+        max_attempts = self.config.watch.max_attempts
+        if self.recover_stale_s is None:
+            requeued, exhausted = self.store.queue.recover(max_attempts)
+        else:
+            requeued, exhausted = self.store.queue.take_over(max_attempts, self.recover_stale_s)
+        if requeued:
+            log.info("%d photos left in progress by an earlier run are queued again", requeued)
+        for job in exhausted:
+            self.failed(job, f"the daemon stopped {job.attempts} times while processing this photo", final=True)
+        if self.config.outputs.archive is not None:  # finish archive moves cut short by a crash
+            for root in self.roots:
+                for photo_id, path in self.store.queue.done_photos_under(root):
+                    if path.exists():
+                        self.archive(photo_id, path)
+
     def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.recover()
+                break
+            except SQLAlchemyError as exc:
+                log.warning("store not available for recovery (%s); trying again", exc)
+                self.stop_event.wait(2.0)
         while not self.stop_event.is_set():
             if not self.space.ok():  # the outputs disk is full: the queue waits
                 self.stop_event.wait(1.0)
                 continue
             try:
                 if self.stranded:  # between batches nothing is in hand: our running jobs go back to the queue
-                    if n := self.store.release(self.worker):
+                    if n := self.store.queue.release(self.worker):
                         log.info("%d photos whose outcome could not be recorded are queued again", n)
                     self.stranded = False
                 self.follow_promotions()
-                jobs = self.store.claim(self.batch_size, self.worker)
+                jobs = self.store.queue.claim(self.batch_size, self.worker)
             except SQLAlchemyError as exc:
                 log.warning("store not available (%s); trying again", exc)
                 self.stop_event.wait(2.0)
@@ -169,7 +159,7 @@ class Processor(threading.Thread):
         if time.monotonic() - self.checked_model_at < every_s:
             return
         self.checked_model_at = time.monotonic()
-        active = self.store.active_version()
+        active = self.store.models.active()
         if active is None or active.id in (self.model_version_id, self.refused_version):
             return
         try:
@@ -178,7 +168,7 @@ class Processor(threading.Thread):
             self.refused_version = active.id  # should the store not take the rejection below
             log.error("model version %s cannot be loaded (%s); it is marked rejected and the current model "
                       "stays; fix it and `qa-daemon model promote` it again", active.name, exc)
-            self.store.reject(active.id, keep_id=self.model_version_id)
+            self.store.models.reject(active.id, keep_id=self.model_version_id)
             return
         self.model, self.model_version_id, self.side = model, active.id, 2 * model.largest_input_size
         log.info("switched to model version %s (%s)", active.name, active.path)
@@ -239,30 +229,24 @@ class Processor(threading.Thread):
         w, h = d.size
         scale = w / d.rgb.shape[1]
         site = self.config.sites.get(job.site)
-        detections, work_masks = [], []
-        for (task, prompt), prob in zip(self.prompts.items(), probs, strict=True):
-            threshold = self.model.threshold(prompt)
+        masks, fulls = [], []
+        for prompt, prob in zip(self.prompts.values(), probs, strict=True):
             work = self.model.mask(prob, prompt)
-            full = work if (w, h) == (work.shape[1], work.shape[0]) else \
-                binary_mask(cv2.resize(work, (w, h), interpolation=cv2.INTER_LINEAR), 127)
-            path = out_dir / mask_name(job.image_id, prompt)
-            write_png(path, full)
-            work_masks.append(work)
+            masks.append(work)
+            fulls.append(work if (w, h) == (work.shape[1], work.shape[0]) else
+                         binary_mask(cv2.resize(work, (w, h), interpolation=cv2.INTER_LINEAR), 127))
+        paths = write_masks(out_dir, job.image_id, list(self.prompts.values()), fulls)
+        detections = []
+        for (task, prompt), prob, work, full, path in zip(self.prompts.items(), probs, masks, fulls, paths,
+                                                          strict=True):
             m = measure(work > 0, prob, scale, task, site.mm_per_pixel if site else None,
                         self.config.measure.severity, self.config.measure.min_component_px,
                         int(np.count_nonzero(full)))
-            detections.append(DetectionResult(task, prompt, path, threshold, m))
+            detections.append(DetectionResult(task, prompt, path, self.model.threshold(prompt), m))
         over = None
         if self.config.outputs.overlay:
-            over = out_dir / f"{job.image_id}__overlay.jpg"
-            limit = self.config.outputs.overlay_max_side
-            small = fit_within(d.rgb, limit)
-            work_masks = [fit_within(m, limit, cv2.INTER_NEAREST) for m in work_masks]
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(overlay(small, work_masks), cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
-            if not ok:
-                raise OSError(f"{over}: JPEG encoding failed")
-            write_atomic(over, data.tobytes())
+            over = write_overlay(out_dir / f"{job.image_id}__overlay.jpg", d.rgb, masks,
+                                 self.config.outputs.overlay_max_side)
         ms = d.ms + infer_ms + (time.perf_counter() - start) * 1000
         return PhotoResult(out_dir, over, ms, detections)
 
@@ -270,12 +254,11 @@ class Processor(threading.Thread):
         if not results:
             return
         try:
-            self.store.complete(results, self.model_version_id)
+            self.store.queue.complete(results, self.model_version_id)
         except SQLAlchemyError as exc:
             for job, _ in results:
                 self.failed(job, f"could not store the results ({exc})", count=False)
             return
-        self.processed += len(results)
         for job, result in results:
             by_task = {d.task: d for d in result.detections}
             crack, taping = by_task.get("crack"), by_task.get("taping")
@@ -291,7 +274,7 @@ class Processor(threading.Thread):
         root = next((r for r in self.roots if path.is_relative_to(r)), path.parent)
         try:
             moved = move_into(path, root, self.config.outputs.archive)
-            self.store.moved(photo_id, moved)
+            self.store.queue.moved(photo_id, moved)
         except (OSError, SQLAlchemyError) as exc:
             log.warning("%s: processed, but could not be archived (%s); it stays in place", path, exc)
 
@@ -321,7 +304,7 @@ class Processor(threading.Thread):
     def vanished(self, job: Claimed) -> None:
         """The photo's file is gone: moved (queued again at its new place) or it waits for the file to be back."""
         try:
-            if self.store.vanished(job):
+            if self.store.queue.vanished(job):
                 log.info("%s: moved before it was processed; queued again at its new place", job.path)
             else:
                 log.warning("%s: vanished before it was processed; it is taken again if it reappears", job.path)
@@ -342,12 +325,12 @@ class Processor(threading.Thread):
                     moved = quarantine(job.path, root, self.config.outputs.quarantine, error)
                 except OSError as exc:
                     log.error("%s: could not be quarantined (%s)", job.path, exc)
-                self.store.give_up(job, error, moved)
+                self.store.queue.give_up(job, error, moved)
                 log.warning("%s: failed %d times, quarantined to %s: %s", job.path, job.attempts, moved, error)
             else:
                 if delay_s is None:
                     delay_s = w.retry_backoff_s * 2 ** (job.attempts - 1) if count else max(w.retry_backoff_s, 1.0)
-                self.store.retry_later(job, error, delay_s, count=count)
+                self.store.queue.retry_later(job, error, delay_s, count=count)
                 log.warning("%s: %s; retrying in %.0f s", job.path, error, delay_s)
         except (SQLAlchemyError, StoreError) as exc:  # still running in the store: released before the next batch
             self.stranded = True

@@ -23,7 +23,6 @@ switches to a promoted version between batches.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -31,19 +30,15 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 
-from rich.progress import track
-
 from daemon.config import STORE_ENV, TASKS, Config
-from daemon.paths import PHOTO_SUFFIXES
-from daemon.store import Store
-from model.errors import DataError
-from model.evaluate import Accumulator, calibration_split, samples_from_labels
-from model.postprocess import clean
-from model.prep import Row, Source, SplitPolicy, prepare, read_manifest
-from model.segmenter import Segmenter, load_checkpoint, read_card, weights_sha256
+from daemon.store import RetrainStatus, Store
+from model.checkpoint import load_checkpoint, read_card, weights_sha256
+from model.evaluate import CLEANED, Accumulator, calibration_split, samples_from_labels, score_models
+from model.images import PHOTO_SUFFIXES
+from model.prep import Row, prepare, read_manifest
+from model.segmenter import Segmenter
 
 log = logging.getLogger("qa-daemon")
 
@@ -60,11 +55,11 @@ def check(config: Config, store: Store, spawn: bool = True) -> int | None:
     """Record new inbox images; at `min_new_images` new ones, a retrain request (its id, else None)."""
     for image in inbox_images(config.retrain.inbox):
         with open(image, "rb") as f:
-            store.add_labeled(hashlib.file_digest(f, "sha256").hexdigest(), image)
-    new = store.new_labeled()
+            store.runs.add_labeled(hashlib.file_digest(f, "sha256").hexdigest(), image)
+    new = store.runs.new_labeled()
     if new < config.retrain.min_new_images:
         return None
-    request = store.request_retrain(new)
+    request = store.runs.request_retrain(new)
     if request is not None:
         log.info("retrain requested: %d newly labeled images in %s", new, config.retrain.inbox)
         if config.retrain.auto and spawn:
@@ -153,19 +148,12 @@ def score(models: dict[str, Segmenter], prepared: Path, config: Config, max_imag
 
 def _accumulate(models: dict[str, Segmenter], rows: list[Row], prompt: str, batch_size: int, what: str,
                 progress: bool) -> dict[str, Accumulator]:
-    """Each model's probability maps for `prompt` on the rows' images against their masks; each image
-    is read once and encoded once per model."""
-    accs = {name: Accumulator() for name in models}
-    samples = iter(track(samples_from_labels([Path(r.image) for r in rows], [Path(r.mask) for r in rows]),
-                         f"scoring {what}", total=len(rows), disable=not progress))
-    while batch := list(islice(samples, batch_size)):
-        images = [image for image, _ in batch]
-        for name, model in models.items():
-            settings = model.task_inference(prompt)  # its clean-up: the gate scores the masks users get
-            tidy = functools.partial(clean, min_area=settings.min_area, fill_boxes=settings.fill_boxes)
-            for (_, truth), prob in zip(batch, model.predict(images, [prompt]), strict=True):
-                accs[name].add(prob[0], truth, clean=tidy)
-    return accs
+    """Each model's masks for `prompt` on the rows' images against their masks, at every grid threshold
+    and with the model's clean-up (the gate scores the masks users get); each image is read once and
+    encoded once per model."""
+    samples = samples_from_labels([Path(r.image) for r in rows], [Path(r.mask) for r in rows])
+    run = score_models(models, samples, [prompt], batch_size, (CLEANED,), f"scoring {what}", len(rows), progress)
+    return {name: run.accs[name][prompt][CLEANED] for name in models}
 
 
 def version_metrics(scores: dict[str, dict[str, float]]) -> dict:
@@ -193,37 +181,28 @@ def retrain(config: Config, store: Store, steps: int | None = None, request: int
             progress: bool = True) -> Outcome:
     """Prepare, fine-tune from the active model, score both on the gate part, promote if not worse.
     Answers `request`, or else the newest open retrain request."""
-    request = request if request is not None else store.open_request()
+    request = request if request is not None else store.runs.open_request()
     if request is not None:
-        store.update_request(request, "running")
+        store.runs.update_request(request, RetrainStatus.running)
     try:
         outcome = _retrain(config, store, steps, progress)
     except Exception as exc:
         if request is not None:
-            store.update_request(request, "failed", detail=str(exc))
+            store.runs.update_request(request, RetrainStatus.failed, detail=str(exc))
         raise
     if request is not None:
-        store.update_request(request, "promoted" if outcome.promoted else "rejected", outcome.candidate_version,
-                             outcome.reason)
+        store.runs.update_request(request, RetrainStatus.promoted if outcome.promoted else RetrainStatus.rejected,
+                                  outcome.candidate_version, outcome.reason)
     return outcome
 
 
 def _retrain(config: Config, store: Store, steps: int | None, progress: bool) -> Outcome:
     from model.train import train  # heavy; only this command needs it
 
-    sources = [Source(d.name, config.require(f"datasets[{i}].root", d.root), d.task, tuple(d.classes), d.format)
-               for i, d in enumerate(config.datasets)]
-    if inbox_images(config.retrain.inbox):
-        for task in TASKS:
-            classes = tuple(c for d in config.datasets if d.task == task for c in d.classes)
-            if classes:
-                sources.append(Source(f"inbox-{task}", config.retrain.inbox, task, classes, "voc"))
-    if not sources:
-        raise DataError(f"{config.source}: datasets: nothing to train on; configure datasets (see README)")
-    policy = SplitPolicy(config.prep.seed, config.prep.valid_fraction, config.prep.max_shared_fraction)
-    prepare(sources, config.prep.out, config.prompts.canonical, policy, progress=progress)
+    sources = config.sources(inbox=bool(inbox_images(config.retrain.inbox)))
+    prepare(sources, config.prep.out, config.prompts.canonical, config.split_policy(), progress=progress)
 
-    active = store.active_version()
+    active = store.models.active()
     base = Path(active.path) if active else config.model.checkpoint
     card = read_card(base)
     run = config.retrain.models_dir / f"{base.name.split('-r')[0]}-r{time.strftime('%Y%m%d-%H%M%S')}"
@@ -239,10 +218,10 @@ def _retrain(config: Config, store: Store, steps: int | None, progress: bool) ->
     scores = score({"candidate": candidate_model, "active": active_model}, config.prep.out, config,
                    config.retrain.max_val_images, progress)
     promoted, reason = gate(scores, config.retrain.max_regression)
-    version = store.register_model(run.name, best, cand_card.backend, weights_sha256(best), asdict(cand_card),
+    version = store.models.register(run.name, best, cand_card.backend, weights_sha256(best), asdict(cand_card),
                                    metrics=version_metrics(scores), activate=promoted)
     if not promoted:
-        store.set_status(version, "rejected")
+        store.models.reject(version)
     log.info("candidate %s %s: %s; %s", run.name, "promoted" if promoted else "rejected", describe(scores), reason)
     return Outcome(promoted, best, version, active.id if active else None, scores, reason)
 

@@ -19,7 +19,6 @@ import shutil
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -27,19 +26,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon import retrain
 from daemon.config import WEEKDAYS, Config, clock
+from daemon.days import week_start
 from daemon.store import Store, worker_name
-from daemon.summary import period_summary
+from daemon.summary import write_report
 
 log = logging.getLogger("qa-daemon")
-
-
-def render(config: Config, store: Store, kind: str, start: date, end: date, site: str | None = None,
-           out_dir: Path | None = None, self_contained: bool = False) -> Path:
-    """Compute the summary of [start, end] from the store and render it as an HTML report."""
-    from reports.render import render_report
-
-    summary = period_summary(store, start, end, site=site, kind=kind)
-    return render_report(summary, out_dir or config.schedule.reports_dir, self_contained=self_contained)
 
 
 def clean_outputs(config: Config, today: date) -> int:
@@ -117,7 +108,7 @@ class Scheduler:
             h, m, sec = clock(s.daily_report)
             due = now.replace(hour=h, minute=m, second=sec, microsecond=0)
             day = (due if due <= now else due - timedelta(days=1)).date()
-            if not self.store.has_run("daily_report", day.isoformat()):
+            if not self.store.runs.has_run("daily_report", day.isoformat()):
                 out.append((self.daily_report, day))
         if s.weekly_summary:
             dow, _, at = s.weekly_summary.partition(" ")
@@ -126,13 +117,13 @@ class Scheduler:
             due -= timedelta(days=(now.weekday() - WEEKDAYS.index(dow.lower())) % 7)
             if due > now:
                 due -= timedelta(days=7)
-            if not self.store.has_run("weekly_summary", self._week_of(due.date()).isoformat()):
+            if not self.store.runs.has_run("weekly_summary", self._week_of(due.date()).isoformat()):
                 out.append((self.weekly_summary, due.date()))
         return out
 
     def once(self, job: str, slot: str, work: Callable[[], str]) -> bool:
         """Run `work` if this process claims (job, slot); the store records the outcome."""
-        if not self.store.claim_run(job, slot, self.worker):
+        if not self.store.runs.claim(job, slot, self.worker):
             return False
         start = time.monotonic()
         try:
@@ -140,24 +131,25 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - a failed job is logged and recorded; the daemon goes on
             log.exception("%s for %s failed", job, slot)
             outcome = f"failed: {exc!r}"
-        self.store.finish_run(job, slot, outcome)
+        self.store.runs.finish(job, slot, outcome)
         log.info("%s for %s: %s (%.1f s)", job, slot, outcome, time.monotonic() - start)
         return True
 
     def daily_report(self, day: date | None = None) -> None:
         day = day or datetime.now(self.zone).date()
         self.once("daily_report", day.isoformat(),
-                  lambda: str(render(self.config, self.store, "daily", day, day)))
+                  lambda: str(write_report(self.store, "daily", day, day, self.config.schedule.reports_dir)))
 
     @staticmethod
     def _week_of(day: date) -> date:
         """The Monday of the week before the one `day` is in: the week a summary made on `day` covers."""
-        return day - timedelta(days=day.weekday() + 7)
+        return week_start(day) - timedelta(days=7)
 
     def weekly_summary(self, day: date | None = None) -> None:
         start = self._week_of(day or datetime.now(self.zone).date())
         self.once("weekly_summary", start.isoformat(),
-                  lambda: str(render(self.config, self.store, "weekly", start, start + timedelta(days=6))))
+                  lambda: str(write_report(self.store, "weekly", start, start + timedelta(days=6),
+                                           self.config.schedule.reports_dir)))
 
     def retrain_check(self) -> None:
         period = self.config.schedule.retrain_check_hours * 3600
@@ -165,7 +157,7 @@ class Scheduler:
 
         def work() -> str:
             request = retrain.check(self.config, self.store)
-            return f"retrain request {request}" if request else f"{self.store.new_labeled()} new labeled images"
+            return f"retrain request {request}" if request else f"{self.store.runs.new_labeled()} new labeled images"
 
         self.once("retrain_check", slot, work)
 

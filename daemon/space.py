@@ -1,10 +1,11 @@
 """Room to write results: intake and processing pause while the outputs disk is full, and resume by themselves.
 
-    space = Space(config.outputs.dir, config.outputs.min_free_mb, store, worker)
+    space = Space(config.outputs.dir, config.outputs.min_free_mb, on_change)
     if space.ok(): ...take work...          # cheap: one statvfs, at most every `check_s`
     space.full("No space left on device")   # a write failed: pause now
 
-A pause is recorded once in the store's failures (stage `outputs`) and shown by `qa-daemon status`; the
+A pause, and its end, are told to `on_change(why or None, message)`: the daemon records the pause once
+in the store's failures (stage `outputs`) and shows it in `qa-daemon status` (daemon/app.py). The
 photos wait where they are (in the watch folder or the queue) and none of their attempts is used up.
 It ends when free space is back above `outputs.min_free_mb` and above what was free when a write
 failed (so a disk that fails below the limit, a quota, is not hammered), or after `probe_s`, to try.
@@ -12,17 +13,13 @@ failed (so a disk that fails below the limit, a quota, is not hammered), or afte
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-from sqlalchemy.exc import SQLAlchemyError
-
-from daemon.store import Store
 
 log = logging.getLogger("qa-daemon")
 
@@ -38,9 +35,9 @@ def no_space(exc: BaseException) -> bool:
 class Space:
     """Whether there is room in the outputs folder; thread-safe."""
 
-    def __init__(self, folder: Path, min_free_mb: float, store: Store, worker: str, check_s: float = 2.0,
-                 probe_s: float = 60.0):
-        self.folder, self.min_free, self.store, self.worker = folder, min_free_mb * MB, store, worker
+    def __init__(self, folder: Path, min_free_mb: float, on_change: Callable[[str | None, str], None] | None = None,
+                 check_s: float = 2.0, probe_s: float = 60.0):
+        self.folder, self.min_free, self.on_change = folder, min_free_mb * MB, on_change
         self.check_s, self.probe_s = check_s, probe_s
         self.paused: str | None = None  # why, while paused
         self._since = self._checked = 0.0
@@ -60,10 +57,10 @@ class Space:
                                 f"({self.min_free / MB:.0f} MB)")
             elif free is not None and free >= self.min_free and (
                     free > self._free_at_failure + MB or now - self._since >= self.probe_s):
-                log.info("%s: %.0f MB free again; intake and processing resume after %.0f s", self.folder,
-                         free / MB, now - self._since)
+                message = f"{free / MB:.0f} MB free again; intake and processing resume after {now - self._since:.0f} s"
+                log.info("%s: %s", self.folder, message)
                 self.paused = None
-                self._tell()
+                self._tell(message)
             return self.paused is None
 
     def full(self, error: str) -> None:
@@ -79,16 +76,14 @@ class Space:
         self.paused, self._since = why, time.monotonic()
         message = f"{why}; intake and processing are paused until space is freed (no photo is lost)"
         log.error("%s: %s", self.folder, message)
-        try:
-            self.store.record_failure(self.folder, "outputs", message, attempt=1, final=False)
-        except SQLAlchemyError as exc:  # the store may share the full disk; the log has it
-            log.warning("the pause could not be recorded in the store (%s)", exc)
-        self._tell()
+        self._tell(message)
 
-    def _tell(self) -> None:
-        """Show the pause (or its end) in `qa-daemon status` now, not at the next heartbeat."""
-        with contextlib.suppress(SQLAlchemyError):  # the heartbeat tries again
-            self.store.beat(self.worker, self.paused)
+    def _tell(self, message: str) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self.paused, message)
+            except Exception as exc:  # noqa: BLE001 - the store may share the full disk; the log has it
+                log.warning("the pause could not be recorded in the store (%s)", exc)
 
     def _free(self) -> int | None:
         try:

@@ -10,11 +10,13 @@ Everything is read through the SQL views `photo_results` and `daily_site_summary
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
+from daemon.days import midnight_utc, week_start
 from daemon.store import Store
 
 SEVERITIES = ("hairline", "fine", "medium", "wide")
@@ -24,11 +26,6 @@ TITLES = {"daily": "Daily QA report", "weekly": "Weekly QA summary"}
 def _rows(store: Store, sql: str, **params: Any) -> list[dict]:
     with store.reader() as s:
         return [dict(r._mapping) for r in s.execute(text(sql), params)]
-
-
-def _utc(day: date) -> datetime:
-    """Local midnight starting `day`, as the store's naive UTC."""
-    return datetime.combine(day, time()).astimezone().astimezone(UTC).replace(tzinfo=None)
 
 
 def site_figures(site: str, photos: list[dict], worst_n: int = 6) -> dict:
@@ -92,7 +89,7 @@ def period_summary(store: Store, start: date, end: date, site: str | None = None
                   a=(end - timedelta(days=trend_days - 1)).isoformat(), b=end.isoformat(), site=site)
     failures = _rows(store, "SELECT f.at, f.path, f.stage, f.error, f.quarantined_to, p.site FROM failures f "
                      "LEFT JOIN photos p ON p.id = f.photo_id WHERE f.final AND f.at >= :a AND f.at < :b "
-                     "ORDER BY f.at", a=_utc(start), b=_utc(end + timedelta(days=1)))
+                     "ORDER BY f.at", a=midnight_utc(start), b=midnight_utc(end + timedelta(days=1)))
     if site:
         failures = [f for f in failures if f["site"] == site]
     by_site: dict[str, list[dict]] = defaultdict(list)
@@ -117,10 +114,20 @@ def period_summary(store: Store, start: date, end: date, site: str | None = None
     }
 
 
+def write_report(store: Store, kind: str, start: date, end: date, out_dir: Path, site: str | None = None,
+                 self_contained: bool = False) -> Path:
+    """The HTML report of [start, end] from the store, written into `out_dir` with the index refreshed;
+    what both the schedule and `qa-daemon report` call."""
+    from reports.render import render_report  # Jinja2 and Pillow: only when a report is made
+
+    return render_report(period_summary(store, start, end, site=site, kind=kind), out_dir,
+                         self_contained=self_contained)
+
+
 def _period_key(day: str, group_by: str) -> str:
     d = date.fromisoformat(day)
     if group_by == "week":
-        return (d - timedelta(days=d.weekday())).isoformat()  # the Monday starting the week
+        return week_start(d).isoformat()
     return day[:7] if group_by == "month" else day
 
 

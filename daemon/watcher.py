@@ -26,8 +26,8 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from daemon.config import Config
-from daemon.intake import Settler
 from daemon.paths import hidden_dir, inside, is_photo, present
+from daemon.settle import Settler
 from daemon.store import Store
 
 log = logging.getLogger("qa-daemon")
@@ -134,7 +134,7 @@ class Watcher(threading.Thread):
     def look_for_missing(self) -> None:
         """Offer the files of photos that vanished before processing, once they are back (a share that was
         away for less than a check period looks the same before and after, so no rescan notices it)."""
-        for path in self.store.missing_files():
+        for path in self.store.queue.missing_files():
             root = next((r for r in self.roots if path.is_relative_to(r)), None)
             with contextlib.suppress(OSError):
                 if root is not None and path.is_file():
@@ -143,7 +143,7 @@ class Watcher(threading.Thread):
     def rescan(self) -> int:
         """Walk every present root; offer each photo file not taken before. The number offered."""
         self.last_rescan = time.monotonic()
-        known = self.store.known_files()
+        known = self.store.queue.known_files()
         offered = 0
         for root in self.roots:
             if not present(root):

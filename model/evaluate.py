@@ -5,6 +5,12 @@
     acc.scores(0.5)                          # {"miou": ..., "dice": ..., "pooled_iou": ..., "images": ...}
     acc.best_threshold()                     # the grid threshold with the highest mIoU
 
+    run = score_models({"model": seg}, samples, prompts, measures=(RAW, MASKS))
+    run.accs["model"][prompt][MASKS].scores(0.5)
+
+`score_models` is the one validation loop: training's validation, `qa-daemon eval`
+(`evaluate`), `model export`'s card figures and the retrain gate all run it.
+
 An image where ground truth and prediction are both empty scores IoU 1 and Dice 1:
 nothing was there and nothing was found.
 """
@@ -12,8 +18,9 @@ nothing was there and nothing was found.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +28,16 @@ from rich.progress import track
 
 from model.data import read_mask, read_rgb
 from model.labels import rasterize
-from model.postprocess import binary_mask
+from model.postprocess import binary_mask, clean
 from model.prep import MANIFEST, Source, read_manifest, read_source
 from model.segmenter import Segmenter
 
 GRID = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
+
+# what `score_models` counts of each probability map
+RAW = "raw"  # the probabilities themselves, at every grid threshold
+CLEANED = "cleaned"  # at every grid threshold, then the task's clean-up (`task_inference`): masks users would get
+MASKS = "masks"  # the mask users get now (`Segmenter.mask`: the model's threshold and clean-up), at 0.5
 
 
 class Accumulator:
@@ -113,6 +125,52 @@ def labeled_samples(data: Path, task: str, classes: tuple[str, ...],
     return [im.image for im in images], [im.objects for im in images], [str(p) for p in problems]
 
 
+@dataclass
+class Scored:
+    """What `score_models` counted."""
+
+    accs: dict[str, dict[str, dict[str, Accumulator]]]  # model name -> prompt -> measure -> counts
+    seconds: dict[str, float]  # per model: time in `predict`, all prompts together
+    images: int
+
+
+def score_models(models: Mapping[str, Segmenter], samples: Iterable[tuple[np.ndarray, np.ndarray]],
+                 prompts: list[str], batch_size: int = 4, measures: tuple[str, ...] = (RAW,),
+                 description: str = "evaluating", total: int | None = None, progress: bool = False) -> Scored:
+    """Run each model over (RGB image, bool ground truth) pairs, in batches, under every prompt, and count
+    the overlap of each map with the ground truth as each of `measures` (RAW, CLEANED, MASKS).
+
+    Each image is read once, and encoded once per model for all prompts (`Segmenter.predict`).
+    """
+    accs = {name: {p: {m: Accumulator(grid=(0.5,) if m == MASKS else GRID) for m in measures} for p in prompts}
+            for name in models}
+    tidy = {}
+    if CLEANED in measures:  # the clean-up as a {0,255} -> {0,255} function, per model and prompt
+        for name, model in models.items():
+            for p in prompts:
+                settings = model.task_inference(p)
+                tidy[name, p] = partial(clean, min_area=settings.min_area, fill_boxes=settings.fill_boxes)
+    seconds = dict.fromkeys(models, 0.0)
+    n = 0
+    for batch in _batches(track(samples, description, total=total, disable=not progress), batch_size):
+        images = [im for im, _ in batch]
+        n += len(batch)
+        for name, model in models.items():
+            start = time.perf_counter()
+            probs = model.predict(images, prompts)
+            seconds[name] += time.perf_counter() - start
+            for (_, gt), prob in zip(batch, probs, strict=True):
+                for i, p in enumerate(prompts):
+                    counts = accs[name][p]
+                    if RAW in counts:
+                        counts[RAW].add(prob[i], gt)
+                    if CLEANED in counts:
+                        counts[CLEANED].add(prob[i], gt, clean=tidy[name, p])
+                    if MASKS in counts:
+                        counts[MASKS].add(model.mask(prob[i], p) > 0, gt)
+    return Scored(accs, seconds, n)
+
+
 def evaluate(model: Segmenter, samples: Iterable[tuple[np.ndarray, np.ndarray]], prompts: list[str],
              tasks: list[str], batch_size: int = 4, total: int | None = None,
              progress: bool = False) -> tuple[list[PromptResult], dict[str, Accumulator]]:
@@ -121,26 +179,15 @@ def evaluate(model: Segmenter, samples: Iterable[tuple[np.ndarray, np.ndarray]],
     Scores are those of the masks users get (`model.mask`: the task's threshold and clean-up);
     the returned accumulators hold the raw probabilities, for threshold curves.
     """
-    accs = {p: Accumulator() for p in prompts}
-    final = {p: Accumulator(grid=(0.5,)) for p in prompts}
-    seconds, n = 0.0, 0
-    for batch in _batches(track(samples, "evaluating", total=total, disable=not progress), batch_size):
-        images = [im for im, _ in batch]
-        start = time.perf_counter()
-        probs = model.predict(images, prompts)
-        seconds += time.perf_counter() - start
-        n += len(batch)
-        for (_, gt), prob in zip(batch, probs, strict=True):
-            for i, p in enumerate(prompts):
-                accs[p].add(prob[i], gt)
-                final[p].add(model.mask(prob[i], p) > 0, gt)
-    ms = 1000 * seconds / max(n, 1)
+    run = score_models({"model": model}, samples, prompts, batch_size, (RAW, MASKS), "evaluating", total, progress)
+    counts = run.accs["model"]
+    ms = 1000 * run.seconds["model"] / max(run.images, 1)
     results = []
     for p, task in zip(prompts, tasks, strict=True):
-        t = model.threshold(p)
-        s = final[p].scores(0.5)
-        results.append(PromptResult(task, p, s["images"], s["miou"], s["dice"], s["pooled_iou"], ms, t))
-    return results, accs
+        s = counts[p][MASKS].scores(0.5)
+        results.append(PromptResult(task, p, s["images"], s["miou"], s["dice"], s["pooled_iou"], ms,
+                                    model.threshold(p)))
+    return results, {p: counts[p][RAW] for p in prompts}
 
 
 def calibration_split(keys: list[tuple[str, str]], seed: int = 0) -> tuple[list[int], list[int]]:

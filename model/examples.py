@@ -1,6 +1,6 @@
 """Visual examples for a model report: image | ground truth | prediction, one PNG per example.
 
-    uv run python -m model.examples --checkpoint model/weights/default --prepared data/prepared --out model/
+    uv run python -m model.examples --checkpoint model/weights/compact-v2 --prepared data/prepared --out model/
 
 Picks, per task, the validation images at the 25th and 75th percentile of IoU
 (a typical harder and a typical easier case, not the best ones), and writes
@@ -15,10 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.checkpoint import load_checkpoint
 from model.data import read_mask, read_rgb
 from model.masks import overlay, write_png
 from model.prep import read_manifest
-from model.segmenter import Segmenter, load_checkpoint
+from model.segmenter import Segmenter
 
 
 def panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str, height: int = 320) -> np.ndarray:

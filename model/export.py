@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from model.checkpoint import CARD, Card, load_checkpoint, read_card, save_checkpoint
 from model.data import read_mask, read_rgb
 from model.errors import DataError
 from model.evaluate import Accumulator, calibration_split, evaluate, samples_from_labels
 from model.files import write_atomic
 from model.postprocess import TaskInference, clean
 from model.prep import read_manifest
-from model.segmenter import CARD, Card, Segmenter, load_checkpoint, read_card, save_checkpoint
+from model.segmenter import Segmenter
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.2, 0.81, 0.05))
 MIN_AREAS = (0.0, 0.0002, 0.001, 0.004)  # share of the image

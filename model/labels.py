@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "valid", "test")
 
 Point = tuple[float, float]

@@ -1,4 +1,4 @@
-"""Mask files and overlays: what `predict` writes and the daemon stores.
+"""Mask files and overlays: the one result writer behind `predict` and the daemon.
 
 A mask file is a single-channel PNG, values {0, 255}, the source image's size,
 named `{image_id}__{prompt}.png` with the prompt's spaces as underscores
@@ -15,12 +15,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from model.data import read_rgb
 from model.errors import DataError
 from model.files import write_atomic
-from model.labels import IMAGE_SUFFIXES
+from model.images import PHOTO_SUFFIXES, decode, fit_within
 from model.segmenter import Segmenter
+
+OVERLAY_QUALITY = 85  # JPEG quality of overlays: they are for looking at, the masks are the record
 
 # one colour per prompt slot (RGB): red for the first (cracks), blue for the second (taping), then others
 COLOURS = [(230, 40, 40), (40, 110, 240), (250, 200, 0), (40, 200, 90)]
@@ -39,6 +41,29 @@ def write_png(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise DataError(f"{path}: PNG encoding failed")
     write_atomic(path, data.tobytes())
+
+
+def write_masks(out_dir: Path, image_id: str, prompts: list[str], masks: list[np.ndarray]) -> list[Path]:
+    """Each prompt's mask as `{image_id}__{prompt}.png` in `out_dir`, written atomically; their paths."""
+    paths = [out_dir / mask_name(image_id, p) for p in prompts]
+    for path, mask in zip(paths, masks, strict=True):
+        write_png(path, mask)
+    return paths
+
+
+def write_overlay(path: Path, rgb: np.ndarray, masks: list[np.ndarray], max_side: int | None = None) -> Path:
+    """The photo with its masks drawn on it, as a JPEG written atomically; at most `max_side` pixels on
+    its longest side. The masks may be at any size: they are fitted to the photo."""
+    if max_side is not None:
+        rgb = fit_within(rgb, max_side)
+    h, w = rgb.shape[:2]
+    masks = [m if m.shape[:2] == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks]
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(overlay(rgb, masks), cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_QUALITY])
+    if not ok:
+        raise OSError(f"{path}: JPEG encoding failed")
+    write_atomic(path, data.tobytes())
+    return path
 
 
 def overlay(rgb: np.ndarray, masks: list[np.ndarray], alpha: float = 0.45) -> np.ndarray:
@@ -60,7 +85,7 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[str]]:
     found, problems = [], []
     for p in paths:
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES
                             and not f.name.startswith("."))
         elif p.is_file():
             found.append(p)
@@ -89,22 +114,14 @@ def export_masks(model: Segmenter, images: list[Path], out: Path, prompts: list[
         batch = []
         for path in images[start: start + batch_size]:
             try:
-                batch.append((path, read_rgb(path)))
-            except DataError:
+                batch.append((path, decode(path).rgb))
+            except (OSError, Image.DecompressionBombError):  # "cannot identify image file" is an OSError
                 problems.append(f"{path}: not a readable image; skipped")
         if not batch:
             continue
         probs = model.predict([rgb for _, rgb in batch], prompts)
         for (path, rgb), prob in zip(batch, probs, strict=True):
             masks = [model.mask(prob[i], p) for i, p in enumerate(prompts)]
-            files = [out / mask_name(path.stem, p) for p in prompts]
-            for f, m in zip(files, masks, strict=True):
-                write_png(f, m)
-            over = None
-            if with_overlay:
-                over = out / f"{path.stem}__overlay.jpg"
-                ok, data = cv2.imencode(".jpg", cv2.cvtColor(overlay(rgb, masks), cv2.COLOR_RGB2BGR),
-                                        [cv2.IMWRITE_JPEG_QUALITY, 88])
-                if ok:
-                    over.write_bytes(data.tobytes())
+            files = write_masks(out, path.stem, prompts, masks)
+            over = write_overlay(out / f"{path.stem}__overlay.jpg", rgb, masks) if with_overlay else None
             yield Exported(path, files, over, [float((m > 0).mean()) for m in masks])

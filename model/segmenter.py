@@ -1,60 +1,29 @@
-"""The one interface every segmentation backend implements, its factory, and its checkpoints.
+"""The one interface every segmentation backend implements: images and prompts in, per-prompt maps out.
 
-    seg = build("compact", {"input_size": 640})           # a fresh model
-    seg = load_checkpoint(Path("model/weights/default"))  # a trained one
+    seg = build("compact", {"input_size": 640})                   # model.backends: a fresh model
+    seg, card = load_checkpoint(Path("model/weights/compact-v2"))  # model.checkpoint: a trained one
     probs = seg.predict([rgb_image], ["segment crack", "segment taping area"])
-    probs[0].shape == (2, H, W)                           # per prompt, at the image's own size
+    probs[0].shape == (2, H, W)                                    # per prompt, at the image's own size
 
 A `Segmenter` is an encoder, a conditioning step and a decoder: `encode_image`
 runs once per image, `embed_prompts` once per prompt (cached: text encoders are
 frozen), and `decode` once per (image, prompt). So two prompts cost one image
-encoding and two light decodes.
-
-A checkpoint is a folder: `model.safetensors` (only the weights that training
-changes; frozen pretrained parts come from `card.base`) and `card.json`
-(backend, base, settings, thresholds, data, metrics, seed, command). Never pickle.
+encoding and two light decodes. The backends (`model/backends/`) subclass it;
+this module imports neither them nor the checkpoint code.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.errors import CheckpointError
-from model.files import write_atomic
 from model.postprocess import TaskInference, to_mask
-
-WEIGHTS = "model.safetensors"
-CARD = "card.json"
-
-
-@dataclass
-class Card:
-    """What a checkpoint is and how it was made; `card.json` in the checkpoint folder."""
-
-    backend: str
-    settings: dict[str, Any]  # the backend's constructor settings (input size, widths, base...)
-    thresholds: dict[str, float] = field(default_factory=dict)  # per task, chosen on validation
-    inference: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: TaskInference fields
-    prompts: dict[str, list[str]] = field(default_factory=dict)  # per task: canonical first, then synonyms
-    data: dict[str, Any] = field(default_factory=dict)  # datasets and split counts trained on
-    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics per prompt
-    seed: int | None = None
-    command: str = ""
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    step: int = 0
-    epoch: int = 0
-    best_score: float | None = None
-    dtype: str = "float32"
 
 
 class Segmenter(nn.Module):
@@ -215,103 +184,3 @@ class Segmenter(nn.Module):
     def threshold(self, prompt: str) -> float:
         """The probability above which a pixel is in the mask: the prompt's task's, else 0.5."""
         return self.thresholds.get(self.task_of(prompt) or "", 0.5)
-
-
-BACKENDS: dict[str, type[Segmenter]] = {}
-
-
-def register(cls: type[Segmenter]) -> type[Segmenter]:
-    BACKENDS[cls.backend] = cls
-    return cls
-
-
-def _backends() -> dict[str, type[Segmenter]]:
-    from model import clipseg, compact  # noqa: F401 - importing registers them
-
-    return BACKENDS
-
-
-def build(backend: str, settings: dict[str, Any] | None = None) -> Segmenter:
-    """A new model of `backend` ("compact" or "clipseg") with pretrained parts loaded.
-
-    >>> build("compact", {"input_size": 512})
-    >>> build("clipseg", {"base": "CIDAS/clipseg-rd64-refined", "input_size": 352})
-    """
-    backends = _backends()
-    if backend not in backends:
-        raise CheckpointError(f"unknown backend {backend!r}; valid backends: {', '.join(sorted(backends))}")
-    return backends[backend](settings or {})
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' is the GPU when there is one; 'cuda' without one is an error the user can fix."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(device)
-
-
-def save_checkpoint(model: Segmenter, folder: Path, card: Card, dtype: torch.dtype = torch.float32) -> Path:
-    """Write `folder/model.safetensors` and `folder/card.json`, atomically per file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.trainable_state().items()}
-    card = Card(**{**asdict(card), "backend": model.backend, "settings": model.settings,
-                   "thresholds": dict(card.thresholds or model.thresholds),
-                   "inference": dict(card.inference or {t: i.as_dict() for t, i in model.inference.items()}),
-                   "prompts": dict(card.prompts or model.prompts), "dtype": str(dtype).removeprefix("torch.")})
-    tmp = folder / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"backend": model.backend})
-    tmp.replace(folder / WEIGHTS)
-    write_atomic(folder / CARD, json.dumps(asdict(card), indent=2, default=str) + "\n")
-    return folder
-
-
-def weights_sha256(folder: Path) -> str:
-    """The sha256 of a checkpoint's weights file: which model version this is."""
-    import hashlib
-
-    with open(folder / WEIGHTS, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def read_card(folder: Path) -> Card:
-    """The card of a checkpoint folder, with a clear error when there is none."""
-    path = folder / CARD
-    if not folder.is_dir() or not path.is_file() or not (folder / WEIGHTS).is_file():
-        raise CheckpointError(f"{folder}: no checkpoint here (expected {CARD} and {WEIGHTS}); "
-                              "train one with `qa-daemon train`, or set model.checkpoint / --checkpoint")
-    try:
-        raw = json.loads(path.read_text())
-        return Card(**raw)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint card ({exc}); re-export the checkpoint") from None
-
-
-def load_checkpoint(folder: Path, device: str | torch.device = "cpu") -> tuple[Segmenter, Card]:
-    """The model of a checkpoint folder, on `device`, in eval mode, and its card."""
-    card = read_card(folder)
-    # "pretrained" means: load pretrained weights into the parts a checkpoint stores; here the checkpoint does
-    model = build(card.backend, {**card.settings, **({"pretrained": False} if "pretrained" in card.settings else {})})
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except Exception as exc:  # safetensors raises its own types for truncated or foreign files
-        raise CheckpointError(f"{folder / WEIGHTS}: cannot read the weights ({exc}); "
-                              "the file is damaged, copy it again") from None
-    expected = model.trainable_state()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    bad_shape = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
-    if missing or unexpected or bad_shape:
-        raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit a {card.backend} model with these settings "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected, {len(bad_shape)} "
-                              "of another shape); the card and weights do not belong together")
-    with torch.no_grad():
-        for k, v in expected.items():
-            v.copy_(state[k].to(v.dtype))
-    model.thresholds, model.prompts = dict(card.thresholds), {k: list(v) for k, v in card.prompts.items()}
-    try:
-        model.inference = {t: TaskInference(**v) for t, v in card.inference.items()}
-    except TypeError as exc:
-        raise CheckpointError(f"{folder / CARD}: inference: {exc}; re-export the checkpoint") from None
-    return model.to(resolve_device(device) if isinstance(device, str) else device).eval(), card

@@ -32,13 +32,16 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from model.data import Augment, ImageCache, SegmentationSet, balanced_sampler, read_mask, read_rgb
+from model.backends import build
+from model.checkpoint import Card, load_checkpoint, save_checkpoint
+from model.data import Augment, ImageCache, SegmentationSet, balanced_sampler
+from model.device import resolve_device
 from model.errors import CheckpointError, DataError
-from model.evaluate import Accumulator
+from model.evaluate import RAW, samples_from_labels, score_models
 from model.losses import bce_dice, bce_lovasz
 from model.prep import read_manifest
 from model.runstate import EMA, EMA_WEIGHTS, get_rng, load_optimizer, save_optimizer, set_rng
-from model.segmenter import Card, Segmenter, build, load_checkpoint, resolve_device, save_checkpoint
+from model.segmenter import Segmenter
 
 
 @dataclass
@@ -146,13 +149,9 @@ def train(s: TrainSettings) -> Path:
         for task, prompts in s.prompts.items():
             if task not in val_tasks:
                 continue
-            acc = Accumulator()
             task_rows = [r for r in val_rows if r.task == task]
-            for i in range(0, len(task_rows), s.batch_size):
-                chunk = task_rows[i: i + s.batch_size]
-                probs = model.predict([read_rgb(r.image) for r in chunk], [prompts[0]])
-                for r, p in zip(chunk, probs, strict=True):
-                    acc.add(p[0], read_mask(r.mask))
+            samples = samples_from_labels([Path(r.image) for r in task_rows], [Path(r.mask) for r in task_rows])
+            acc = score_models({"model": model}, samples, [prompts[0]], s.batch_size).accs["model"][prompts[0]][RAW]
             t = acc.best_threshold()
             out[task] = {"prompt": prompts[0], "threshold": t, **acc.scores(t)}
         model.train()

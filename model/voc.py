@@ -12,8 +12,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from model.images import PHOTO_SUFFIXES
 from model.labels import (
-    IMAGE_SUFFIXES,
     LabeledImage,
     LabeledObject,
     Problem,
@@ -59,7 +59,7 @@ def read_file(xml: Path, split: str, problems: list[Problem]) -> LabeledImage | 
 
 def _find_image(xml: Path, filename: str | None) -> Path | None:
     candidates = [xml.parent / filename] if filename and "/" not in filename else []
-    candidates += [xml.with_suffix(s) for s in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)]
+    candidates += [xml.with_suffix(s) for s in PHOTO_SUFFIXES + tuple(s.upper() for s in PHOTO_SUFFIXES)]
     return next((c for c in candidates if c.is_file()), None)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from model.labels import IMAGE_SUFFIXES, SPLITS, LabeledImage, LabeledObject, Problem, check_point
+from model.images import PHOTO_SUFFIXES
+from model.labels import SPLITS, LabeledImage, LabeledObject, Problem, check_point
 
 
 def read(root: Path) -> tuple[list[LabeledImage], list[Problem]]:
@@ -21,7 +22,7 @@ def read(root: Path) -> tuple[list[LabeledImage], list[Problem]]:
     splits = [(s, root / s) for s in SPLITS if (root / s / "labels").is_dir()] or [("", root)]
     images: list[LabeledImage] = []
     for split, folder in splits:
-        for image in sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        for image in sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in PHOTO_SUFFIXES):
             label = folder / "labels" / f"{image.stem}.txt"
             item = _read_one(image, label, split, names, problems)
             if item is not None:

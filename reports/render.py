@@ -15,6 +15,7 @@ Files written under `out_dir`, each atomically (a reader sees the old file or th
 
     daily-2026-11-24.html, weekly-2026-11-23-tower-a.html   the reports
     index.html                                              every report there, newest first
+    index.json                                              the index's data, one entry per report
     thumbs/<hash of the overlay path>.jpg                   worst-photo thumbnails (not when self-contained)
 """
 
@@ -24,12 +25,12 @@ import base64
 import functools
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from datetime import date
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
 
@@ -47,8 +48,8 @@ THUMBS = "thumbs"  # folder under out_dir, shared by every report there
 THUMB_SIDE = 320  # longest side of a thumbnail, in pixels
 KINDS = ("daily", "weekly")
 REPORT_NAME = re.compile(r"(daily|weekly)-(\d{4}-\d{2}-\d{2})(?:-(.*))?\.html")
-SEVERITIES = ("hairline", "fine", "medium", "wide")  # the ones with a colour of their own
 DASH = "—"
+INDEX_DATA = "index.json"  # what the index lists about each report, written with the report
 # (trend key, chart title, unit): the charts drawn for all sites and for each site
 CHARTS = (
     ("photos", "Photos processed per day", "photos"),
@@ -222,7 +223,7 @@ def _worst(w: dict, out_dir: Path, self_contained: bool) -> dict:
         "name": _text(w.get("name")), "location": w.get("location"), "captured_at": w.get("captured_at"),
         "crack_pct": w.get("crack_pct"), "length_px": w.get("length_px"),
         "max_width_px": w.get("max_width_px"), "max_width_mm": w.get("max_width_mm"),
-        "severity": severity, "severity_class": severity if severity in SEVERITIES else "unknown",
+        "severity": severity, "severity_class": safe_name(str(severity)),  # base.html colours the known classes
         "thumb": thumb(w.get("overlay"), out_dir, self_contained),
     }
 
@@ -236,7 +237,7 @@ def figures(raw: dict, out_dir: Path, self_contained: bool, anchor: str = "") ->
     return {
         **{k: raw.get(k) for k in keys},
         "site": site, "anchor": anchor,
-        "severity": [(str(name), n, name if name in SEVERITIES else "unknown") for name, n in severity.items()],
+        "severity": [(str(name), n, safe_name(str(name))) for name, n in severity.items()],
         "worst": [_worst(w, out_dir, self_contained) for w in _dicts(raw.get("worst"))],
         "charts": charts(_dicts(raw.get("trend"))),
     }
@@ -280,47 +281,46 @@ def render_report(summary: dict, out_dir: Path, self_contained: bool = False) ->
     html = environment().get_template("report.html").render(ctx)
     path = out_dir / report_name(ctx["kind"], ctx["date"], ctx["site"])
     write_atomic(path, html.encode("utf-8"))
+    known = _read_entries(out_dir)
+    known[path.name] = {"kind": ctx["kind"], "date": ctx["date"], "end": ctx["end"], "site": ctx["site"],
+                        "title": ctx["title"], "photos": num(ctx["totals"]["photos"]),
+                        "crack_share": pct(ctx["totals"]["crack_share_pct"])}
+    write_atomic(out_dir / INDEX_DATA, json.dumps(known, indent=1, sort_keys=True).encode("utf-8"))
     render_index(out_dir)
     return path
 
 
-class _Meta(HTMLParser):
-    """Collects a report's <meta name="qa-report-*"> values (entities already decoded)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.found: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        name = a.get("name") or ""
-        if tag == "meta" and name.startswith("qa-report-"):
-            self.found[name.removeprefix("qa-report-")] = a.get("content") or ""
-
-
-def _entry(path: Path) -> dict | None:
-    """What the index says about one report file; None for a file that is not a report."""
+def _entry(path: Path, known: dict[str, dict]) -> dict | None:
+    """What the index says about one report file: its entry in index.json, else (a report written by an
+    older version, or an entry lost to a concurrent write) what its name says; None for other files."""
     m = REPORT_NAME.fullmatch(path.name)
     if not m:
         return None
-    parser = _Meta()
+    entry = {"kind": m.group(1), "date": m.group(2), "end": m.group(2), "site": m.group(3), "title": None,
+             "photos": DASH, "crack_share": DASH}
+    saved = known.get(path.name)
+    if isinstance(saved, dict):
+        entry.update({k: saved[k] for k in entry if k in saved})
+    return {**entry, "file": quote(path.name)}
+
+
+def _read_entries(out_dir: Path) -> dict[str, dict]:
     try:
-        with path.open("rb") as f:  # the meta tags come first in the head
-            parser.feed(f.read(16384).decode("utf-8", "replace"))
-    except OSError as exc:  # e.g. removed while listing: list it from its name
-        log.warning("%s: could not read it for the index (%s)", path, exc)
-    meta = parser.found
-    site = meta["site"] if "site" in meta else m.group(3)
-    return {"file": quote(path.name), "kind": m.group(1), "date": m.group(2), "end": meta.get("end", m.group(2)),
-            "site": site, "title": meta.get("title"), "photos": meta.get("photos", DASH),
-            "crack_share": meta.get("crack-share", DASH)}
+        entries = json.loads((out_dir / INDEX_DATA).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # damaged: the reports are still listed, from their names
+        log.warning("%s: could not be read (%s); listing the reports by name", out_dir / INDEX_DATA, exc)
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 def render_index(out_dir: Path) -> Path:
     """Write out_dir/index.html listing every report there, newest first; the index's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = [e for e in map(_entry, sorted(out_dir.glob("*.html"))) if e is not None]
+    known = _read_entries(out_dir)
+    entries = [e for p in sorted(out_dir.glob("*.html")) if (e := _entry(p, known)) is not None]
     entries.sort(key=lambda e: (e["kind"], e["site"] is not None, e["site"] or ""))  # all sites first
     entries.sort(key=lambda e: e["date"], reverse=True)  # stable: keeps the order above within a day
     html = environment().get_template("index.html").render(reports=entries)

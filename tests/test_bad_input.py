@@ -3,7 +3,6 @@ configs of any content give a clear error or a result, never a crash."""
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,8 @@ from PIL import Image
 from daemon.config import ConfigError, load_config
 from daemon.intake import Incomplete, NotAPhoto, identify
 from model import coco, voc, yolo
-from tests.test_process import queue, setup  # noqa: F401 - the in-process processor fixture
+from tests.support.photos import photo_bytes
+from tests.support.processor import queue
 
 GOOD = {  # name -> (mode, size, format): photos users do send, that must be processed
     "cmyk.jpg": ("CMYK", (64, 48), "JPEG"),
@@ -48,14 +48,14 @@ def write(path: Path, mode: str, size: tuple[int, int], fmt: str, orientation: i
     return path
 
 
-def test_unusual_but_valid_photos_are_processed_at_their_displayed_size(setup):  # noqa: F811
+def test_unusual_but_valid_photos_are_processed_at_their_displayed_size(setup):
     root, store, processor = setup
     files = [write(root / name, *spec) for name, spec in GOOD.items()]
     files += [write(root / f"exif-{o}.jpg", "RGB", (60, 40), "JPEG", orientation=o) for o in range(1, 9)]
     queue(store, root, *files)
-    while jobs := store.claim(8, "t"):
+    while jobs := store.queue.claim(8, "t"):
         processor.process(jobs)
-    counts = store.counts(datetime(2000, 1, 1))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["processed"], counts["failed"]) == (len(files), 0)
     out = next(processor.config.outputs.dir.glob("*/*"))
     for f in files:
@@ -70,22 +70,18 @@ def test_unusual_but_valid_photos_are_processed_at_their_displayed_size(setup): 
 
 
 def test_sixteen_bit_photos_are_scaled_to_eight_bits_not_clipped(tmp_path):
-    from daemon.process import decode
+    from model.images import decode
 
     grey = np.full((48, 64), 32768, np.uint16)  # mid grey
     Image.fromarray(grey).save(tmp_path / "mid.png")
     assert decode(tmp_path / "mid.png", 128).rgb.mean() == pytest.approx(127.5, abs=1)
 
 
-def jpeg(size=(200, 150)) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize(("name", "make", "error"), [
-    ("truncated.png", lambda p: p.write_bytes(png_bytes()[:-30]), Incomplete),
-    ("garbage after header.jpg", lambda p: p.write_bytes(jpeg()[:200] + bytes(range(256)) * 20), Incomplete),
+    ("truncated.png", lambda p: p.write_bytes(photo_bytes((300, 200), colour=(1, 2, 3), fmt="PNG")[:-30]),
+     Incomplete),
+    ("garbage after header.jpg", lambda p: p.write_bytes(photo_bytes((200, 150))[:200] + bytes(range(256)) * 20),
+     Incomplete),
     ("bomb.png", lambda p: Image.new("1", (20000, 20000)).save(p), NotAPhoto),
     ("html.jpg", lambda p: p.write_text("<html><script>alert(1)</script></html>"), NotAPhoto),
 ])
@@ -95,12 +91,6 @@ def test_broken_and_dangerous_files_are_refused_with_a_reason(tmp_path, name, ma
     with pytest.raises(error) as exc:
         identify(path, tmp_path, [])
     assert str(exc.value)
-
-
-def png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (300, 200), (1, 2, 3)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # ---- property-based: label readers and the config loader ---------------------------------------

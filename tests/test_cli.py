@@ -71,3 +71,30 @@ def test_the_store_url_can_come_from_the_environment_so_that_no_process_list_sho
     result = cli("status")
     assert result.code == 2 and "cannot open postgresql+psycopg://qa:***@" in result.stderr
     assert "S3cretX" not in result.stderr
+
+
+def test_help_names_the_config_key_an_option_overrides(cli):
+    result = cli("prep", "--help")
+    assert result.code == 0
+    assert "Prepared folder [config prep.out]." in result.stdout
+
+
+def test_no_help_text_has_a_bracket_that_rich_would_swallow_as_markup():
+    """Typer renders help as Rich markup: an unescaped `[config x]` is a style tag and vanishes; write `\\[`."""
+    import re
+
+    import typer
+
+    from daemon.cli import app
+
+    tag = re.compile(r"(?<!\\)\[[a-z#/@][^\[]*?\]")
+
+    def texts(command, name):
+        yield name, command.help or ""
+        for param in command.params:
+            yield f"{name} {param.name}", getattr(param, "help", None) or ""
+        for sub, child in getattr(command, "commands", {}).items():
+            yield from texts(child, f"{name} {sub}")
+
+    assert [(where, text) for where, text in texts(typer.main.get_command(app), "qa-daemon") if tag.search(text)] \
+        == []

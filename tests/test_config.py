@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import ConfigError, load_config
-from tests.conftest import REPO
+from tests.support.datasets import REPO
 
 
 def test_shipped_config_validates_and_resolves_paths_against_its_folder():

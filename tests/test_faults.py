@@ -19,12 +19,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import random
-import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -34,12 +31,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
 
-from bench.soak import bad_mask, fill, mount
-from bench.soak import unique_jpeg as with_comment
-from tests.conftest import CRACKS, DRYWALL, need_shared
-from tests.test_daemon import Daemon
+from tests.support.daemon import DaemonProcess, write_daemon_config
+from tests.support.datasets import CRACKS, DRYWALL, need_shared
+from tests.support.faults import cannot_mount, fill, mount, write_lock
+from tests.support.photos import bad_mask, put, unique_jpeg
 
 pytestmark = [pytest.mark.faults, pytest.mark.realdata]
 
@@ -51,45 +47,16 @@ def sources() -> list[Path]:
     return sorted((CRACKS / "valid").glob("*.jpg")) + sorted((DRYWALL / "valid").glob("*.jpg"))
 
 
-def unique_jpeg(src: Path, n: int, side: int | None = None) -> bytes:
+def unique_photo(src: Path, n: int, side: int | None = None) -> bytes:
     """A real photo made unique in content (a JPEG comment with `n`), optionally upscaled to `side`."""
     data = src.read_bytes()
     if side is not None:
         im = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (side, side))
         data = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-    return with_comment(data, f"qa-daemon fault test {n}")
+    return unique_jpeg(data, f"qa-daemon fault test {n}")
 
 
-def put(data: bytes, path: Path, how: str = "rename") -> Path:
-    """Deliver a photo the ways copiers do: written elsewhere and renamed in, or written in place in pieces."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if how == "rename":
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_bytes(data)
-        tmp.rename(path)
-    else:
-        with path.open("wb") as f:
-            for i in range(0, len(data), 16384):
-                f.write(data[i: i + 16384])
-                f.flush()
-    return path
-
-
-def can_mount(tmp_path: Path) -> str | None:
-    """Why mounts cannot be tested here, or None."""
-    if os.geteuid() != 0:
-        return "mounting a tmpfs or a bind mount needs root (CI runs as root)"
-    probe = tmp_path / "mount-probe"
-    probe.mkdir()
-    try:
-        mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe))
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        return f"mount failed here ({exc})"
-    subprocess.run(["umount", str(probe)], check=True)
-    return None
-
-
-def assert_each_photo_processed_once(d: Daemon, shas: set[str]) -> None:
+def assert_each_photo_processed_once(d: DaemonProcess, shas: set[str]) -> None:
     rows = d.query("SELECT photos.id, sha256, width, height, status FROM photos JOIN jobs ON photo_id = photos.id")
     assert Counter(r[1] for r in rows) == Counter(shas), "every photo that arrived, recorded once"
     assert [r for r in rows if r[4] != "done"] == []
@@ -103,38 +70,30 @@ def assert_each_photo_processed_once(d: Daemon, shas: set[str]) -> None:
     assert bad == {}, "every mask a single-channel {0, 255} PNG of the source's size"
 
 
-def commits_per_photo(*logs: Path) -> Counter:
-    """How many times each photo's results were committed, from the daemon's per-photo log lines."""
-    line = re.compile(r" (\S+\.jpg)  site=")
-    return Counter(m.group(1) for log in logs for m in line.finditer(log.read_text()))
-
-
 def config(home: Path, checkpoint: Path) -> Path:
-    path = home / "config.yaml"
-    path.write_text(yaml.safe_dump({
+    """The config of every daemon here (its watch root `in/` made)."""
+    return write_daemon_config(home, {
         "model": {"checkpoint": str(checkpoint), "device": "cpu", "batch_size": 4},
         "watch": {"roots": ["in"], "settle_s": 0.5, "retry_backoff_s": 0.5, "max_attempts": 3, "heartbeat_s": 1,
                   "incomplete_after_s": 1.0},
         "store": {"url": "sqlite:///qa.sqlite3"},
         "outputs": {"dir": "out", "min_free_mb": 0},
         "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None},
-    }))
-    return path
+    })
 
 
 # ---- SIGKILL at random moments --------------------------------------------------------------------
 
 def test_sigkill_at_random_moments_while_photos_arrive_loses_nothing_and_repeats_nothing(tmp_path, tiny_checkpoint):
     rng = random.Random(20261125)  # the same kill schedule in every run
-    (tmp_path / "in").mkdir()
-    d = Daemon(tmp_path, config(tmp_path, tiny_checkpoint))
+    d = DaemonProcess(tmp_path, config(tmp_path, tiny_checkpoint))
     src = sources()
     shas: set[str] = set()
     done_dropping = threading.Event()
 
     def producer() -> None:  # about a minute of arrivals, two ways of writing, across four folders
         for n in range(80):
-            data = unique_jpeg(src[n % len(src)], n)
+            data = unique_photo(src[n % len(src)], n)
             shas.add(hashlib.sha256(data).hexdigest())
             put(data, tmp_path / "in" / f"tower-{n % 2}" / f"L{n % 4}" / f"p{n:03d}.jpg",
                 "rename" if n % 3 else "in place")
@@ -142,11 +101,10 @@ def test_sigkill_at_random_moments_while_photos_arrive_loses_nothing_and_repeats
         done_dropping.set()
 
     arrivals = threading.Thread(target=producer, daemon=True)
-    try:
+    with d:  # killed at the end, whatever happens
         d.start()
         time.sleep(rng.uniform(1.0, 4.0))  # the first kill lands during start-up
-        d.proc.kill()
-        d.proc.wait()
+        d.kill()
         arrivals.start()
         kills = 1
         while not done_dropping.is_set() or kills < 4:
@@ -157,27 +115,23 @@ def test_sigkill_at_random_moments_while_photos_arrive_loses_nothing_and_repeats
             d.wait_for("progress after the restart", lambda b=before: d.done() > b or (
                 done_dropping.is_set() and d.done() == len(shas)), timeout=120)
             time.sleep(rng.uniform(0.0, 1.2))
-            d.proc.kill()
-            d.proc.wait()
+            d.kill()
             kills += 1
         d.start()
         d.wait_for("every photo done", lambda: d.done() == len(shas), timeout=180)
         time.sleep(1.5)  # nothing more may happen
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(timeout=60) == 0
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
     assert kills >= 4 and len(shas) == 80
-    assert d.log.read_text().count("qa-daemon started") >= 4
+    assert d.log_text().count("qa-daemon started") >= 4
     assert_each_photo_processed_once(d, shas)
-    commits = commits_per_photo(d.log)
+    commits = d.commits()
     assert len(commits) >= 60 and max(commits.values()) == 1, "a photo's results were committed twice"
 
 
 # ---- one daemon through a full disk, a locked store, an unmounted share and damaged models ---------
 
-class Faulty(Daemon):
+class Faulty(DaemonProcess):
     """The daemon of the scenario below, with the photos it was sent."""
 
     def __init__(self, home: Path, config: Path):
@@ -189,7 +143,7 @@ class Faulty(Daemon):
     def send(self, n: int, site: str = "tower-a", side: int | None = None) -> list[Path]:
         out = []
         for _ in range(n):
-            data = unique_jpeg(sources()[self.sent % 40], 1000 + self.sent, side)
+            data = unique_photo(sources()[self.sent % 40], 1000 + self.sent, side)
             self.shas.add(hashlib.sha256(data).hexdigest())
             out.append(put(data, self.home / "in" / site / "L1" / f"f{self.sent:03d}.jpg"))
             self.sent += 1
@@ -204,9 +158,8 @@ class Faulty(Daemon):
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory, tiny_checkpoint):
     home = tmp_path_factory.mktemp("faults")
-    why = can_mount(home)
+    why = cannot_mount(home)
     d = Faulty(home, config(home, tiny_checkpoint))
-    (home / "in").mkdir()
     (home / "out").mkdir()
     if why is None:  # outputs on a small disk of their own; the watch root a mount that can go away
         mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(home / "out"))
@@ -215,12 +168,10 @@ def faulty(tmp_path_factory, tiny_checkpoint):
         d.mounts = [home / "in", home / "out"]
     d.cannot_mount = why
     try:
-        d.start()
+        d.start(wait=True)
         yield d
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+        d.close()
         for m in d.mounts:
             subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
@@ -247,11 +198,11 @@ def test_a_full_outputs_disk_pauses_the_daemon_records_it_and_work_resumes_when_
     assert state["paused"] and "No space left on device" in state["paused"]
     assert d.count("SELECT count(*) FROM failures WHERE stage = 'outputs'") == 1  # recorded once, not per photo
     assert all(p.exists() for p in waiting), "the photos wait where they are"
-    assert "intake and processing are paused" in d.log.read_text()
+    assert "intake and processing are paused" in d.log_text()
 
     ballast.unlink()
     d.wait_for("the rest done", lambda: d.done() == 7, timeout=120)
-    assert "resume" in d.log.read_text()
+    assert "resume" in d.log_text()
     assert d.status(cli)["paused"] is None
     assert [p.name for p in (d.home / "out").rglob("*.tmp")] == [], "no half-written files left behind"
     assert_each_photo_processed_once(d, d.shas)
@@ -260,16 +211,11 @@ def test_a_full_outputs_disk_pauses_the_daemon_records_it_and_work_resumes_when_
 def test_a_store_locked_by_another_writer_for_seconds_only_delays_the_work(faulty):
     d = faulty
     before, last_failure = d.done(), d.count("SELECT coalesce(max(id), 0) FROM failures")
-    con = sqlite3.connect(d.db, timeout=30, isolation_level=None)
-    con.execute("BEGIN EXCLUSIVE")  # a backup tool, or an analyst's long write
-    try:
+    with write_lock(d.db):  # a backup tool, or an analyst's long write
         d.send(5)
         time.sleep(8)
         assert d.done() == before  # nothing could be written...
         assert d.proc.poll() is None  # ...and nothing broke
-    finally:
-        con.execute("COMMIT")
-        con.close()
     d.wait_for("the 5 photos done", lambda: d.done() == before + 5)
     assert d.query(f"SELECT error FROM failures WHERE id > {last_failure}") == []
     assert_each_photo_processed_once(d, d.shas)
@@ -282,7 +228,7 @@ def test_photos_queued_when_their_share_is_unmounted_are_processed_once_it_is_ba
     d.send(12, site="tower-b", side=1600)  # large: processing lags behind intake, so photos wait in the queue
     d.wait_for("the photos recorded", lambda: d.count("SELECT count(*) FROM photos") == len(d.shas), timeout=60)
     subprocess.run(["umount", "-l", str(d.home / "in")], check=True)  # the share goes away under the daemon
-    d.wait_for("the processor to notice", lambda: "vanished before it was processed" in d.log.read_text() or
+    d.wait_for("the processor to notice", lambda: "vanished before it was processed" in d.log_text() or
                d.done() == before + 12, timeout=60)
     assert d.done() < before + 12, "the unmount came too late to test anything"
     assert d.status(cli)["missing"] > 0
@@ -311,12 +257,12 @@ def test_a_damaged_model_promoted_while_running_is_refused_and_the_old_one_keeps
     d = faulty
     bad = damaged(tmp_path, tiny_checkpoint, "tiny-broken")
     from daemon.store import Store
-    from model.segmenter import weights_sha256
+    from model.checkpoint import weights_sha256
 
     store = Store.open(f"sqlite:///{d.db}")
-    store.register_model("tiny-broken", bad, "compact", weights_sha256(bad), {})  # what a promote does
+    store.models.register("tiny-broken", bad, "compact", weights_sha256(bad), {})  # what a promote does
     store.close()
-    d.wait_for("the refusal", lambda: "model version tiny-broken cannot be loaded" in d.log.read_text())
+    d.wait_for("the refusal", lambda: "model version tiny-broken cannot be loaded" in d.log_text())
     d.send(2)
     d.wait_for("the new photos", lambda: d.done() == len(d.shas))
     listing = cli("-c", d.config, "model", "list", "--json")
@@ -333,21 +279,21 @@ def test_a_damaged_model_promoted_while_the_daemon_was_down_gives_way_to_the_con
     assert d.proc.wait(timeout=60) == 0
     bad = damaged(tmp_path, tiny_checkpoint, "tiny-broken-2")
     from daemon.store import Store
-    from model.segmenter import weights_sha256
+    from model.checkpoint import weights_sha256
 
     store = Store.open(f"sqlite:///{d.db}")
-    store.register_model("tiny-broken-2", bad, "compact", weights_sha256(bad), {})
+    store.models.register("tiny-broken-2", bad, "compact", weights_sha256(bad), {})
     store.close()
     d.start()
     d.send(1)
     d.wait_for("the new photo", lambda: d.done() == len(d.shas))
-    log = d.log.read_text()
+    log = d.log_text()
     assert "model version tiny-broken-2 cannot be loaded" in log and "runs instead" in log
     assert cli("-c", d.config, "status", "--json").stdout.count('"model": "tiny-v1"') == 1
     assert_each_photo_processed_once(d, d.shas)
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(timeout=60) == 0
-    assert "Traceback" not in d.log.read_text()
+    assert "Traceback" not in d.log_text()
 
 
 @pytest.mark.parametrize("problem", ["missing", "damaged"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -13,26 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from daemon.config import Config, SeverityConfig, WatchConfig
-from daemon.intake import Incomplete, NotAPhoto, Settler, identify
+from daemon.intake import Incomplete, NotAPhoto, identify
 from daemon.measure import measure
 from daemon.paths import is_photo, move_into, place
+from daemon.settle import Settler
 from daemon.store import Store
 from daemon.watcher import Watcher
-
-
-def jpeg_bytes(size=(64, 48), exif_time: str | None = None, orientation: int | None = None) -> bytes:
-    im = Image.new("RGB", size, (120, 90, 60))
-    exif = Image.Exif()
-    if exif_time:
-        exif.get_ifd(0x8769)[36867] = exif_time
-    if orientation:
-        exif[0x0112] = orientation
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif.tobytes() if (exif_time or orientation) else b"")
-    return buf.getvalue()
+from tests.support.photos import photo_bytes
 
 
 @pytest.mark.parametrize(("name", "taken"), [
@@ -60,7 +48,7 @@ def test_a_layout_with_other_words_is_refused():
 def test_identity_capture_time_and_displayed_size_of_a_good_photo(tmp_path):
     photo = tmp_path / "tower-a" / "L3" / "IMG_1.jpg"
     photo.parent.mkdir(parents=True)
-    photo.write_bytes(jpeg_bytes((64, 48), "2026:11:24 09:30:05", orientation=6))
+    photo.write_bytes(photo_bytes((64, 48), exif_time="2026:11:24 09:30:05", orientation=6))
     found = identify(photo, tmp_path, ["site", "location"])
     assert (found.site, found.location) == ("tower-a", "L3")
     assert (found.captured_at, found.captured_from) == (datetime(2026, 11, 24, 9, 30, 5), "exif")
@@ -71,26 +59,20 @@ def test_identity_capture_time_and_displayed_size_of_a_good_photo(tmp_path):
 
 def test_capture_time_falls_back_to_the_file_time(tmp_path):
     photo = tmp_path / "IMG_2.jpg"
-    photo.write_bytes(jpeg_bytes())
+    photo.write_bytes(photo_bytes())
     os.utime(photo, (1764000000, 1764000000))
     found = identify(photo, tmp_path, [])
     assert (found.captured_at, found.captured_from) == (datetime.fromtimestamp(1764000000), "mtime")
 
 
-def png_bytes(size=(64, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def test_png_photos_are_taken(tmp_path):
-    (tmp_path / "scan.png").write_bytes(png_bytes())
+    (tmp_path / "scan.png").write_bytes(photo_bytes(fmt="PNG"))
     found = identify(tmp_path / "scan.png", tmp_path, [])
     assert (found.width, found.height, found.captured_from) == (64, 48, "mtime")
 
 
 def test_incomplete_files_wait_and_files_that_are_not_photos_are_refused(tmp_path):
-    good, png = jpeg_bytes((200, 200)), png_bytes((200, 200))
+    good, png = photo_bytes((200, 200)), photo_bytes((200, 200), fmt="PNG")
     cases = {"empty.jpg": (b"", Incomplete), "half.jpg": (good[: len(good) // 2], Incomplete),
              "three.jpg": (good[:2], Incomplete), "text.jpg": (b"hello, not a photo", NotAPhoto),
              "reserved.jpg": (b"\0" * 4096, Incomplete), "half.png": (png[: len(png) - 20], Incomplete)}
@@ -102,7 +84,7 @@ def test_incomplete_files_wait_and_files_that_are_not_photos_are_refused(tmp_pat
 
 def test_links_pointing_outside_the_watch_root_are_not_followed(tmp_path):
     outside, root = tmp_path / "secret.jpg", tmp_path / "in"
-    outside.write_bytes(jpeg_bytes())
+    outside.write_bytes(photo_bytes())
     root.mkdir()
     (root / "link.jpg").symlink_to(outside)
     with pytest.raises(NotAPhoto, match="outside the watch root"):
@@ -157,11 +139,11 @@ class Collector:
 def test_rescan_finds_photos_missed_while_down_and_skips_the_daemons_own_folders(tmp_path):
     root = tmp_path / "in"
     (root / "tower-a").mkdir(parents=True)
-    (root / "tower-a" / "a.jpg").write_bytes(jpeg_bytes())
+    (root / "tower-a" / "a.jpg").write_bytes(photo_bytes())
     (root / ".sync").mkdir()
-    (root / ".sync" / "b.jpg").write_bytes(jpeg_bytes())
+    (root / ".sync" / "b.jpg").write_bytes(photo_bytes())
     (root / "outputs").mkdir()
-    (root / "outputs" / "x__overlay.jpg").write_bytes(jpeg_bytes())
+    (root / "outputs" / "x__overlay.jpg").write_bytes(photo_bytes())
     config = Config(watch=WatchConfig(roots=[root]), outputs={"dir": root / "outputs"})
     store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
     collector = Collector()
@@ -185,7 +167,7 @@ def test_a_vanished_watch_root_is_reported_and_taken_up_again_when_it_returns(tm
         assert watcher.check_roots() is False
         assert "is missing" in caplog.text
         root.mkdir()
-        (root / "a.jpg").write_bytes(jpeg_bytes())
+        (root / "a.jpg").write_bytes(photo_bytes())
         assert watcher.check_roots() is True  # back: the caller rescans it
         watcher.rescan()
     assert collector.offered[-1] == root / "a.jpg"

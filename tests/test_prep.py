@@ -16,7 +16,7 @@ from PIL import Image
 from model import voc
 from model.labels import LabeledObject, rasterize
 from model.prep import Source, SplitPolicy, prepare, read_manifest
-from tests.conftest import CRACK_CLASS, need_shared
+from tests.support.datasets import CRACK_CLASS, need_shared
 
 PROMPTS = {"crack": "segment crack", "taping": "segment taping area"}
 

@@ -2,65 +2,30 @@
 
 from __future__ import annotations
 
-import threading
 import time
-import zlib
 from datetime import datetime
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-from PIL import Image
 
-from daemon.config import Config, OutputsConfig, WatchConfig
-from daemon.intake import identify
-from daemon.process import Processor, decode
+from daemon.app import pause_recorder
+from daemon.intake import identify, record
 from daemon.space import Space
 from daemon.store import Store
-from model.segmenter import load_checkpoint
-
-
-def photo(path: Path, size=(64, 48), orientation: int | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exif = Image.Exif()
-    if orientation:
-        exif[0x0112] = orientation
-    rng = np.random.default_rng(zlib.crc32(path.name.encode()) + size[0])
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), np.uint8)).save(path, exif=exif.tobytes())
-    return path
-
-
-@pytest.fixture
-def setup(tmp_path, tiny_checkpoint):
-    root = tmp_path / "in"
-    root.mkdir()
-    config = Config(watch=WatchConfig(roots=[root], retry_backoff_s=0, max_attempts=2),
-                    outputs=OutputsConfig(dir=tmp_path / "out", quarantine=tmp_path / "quarantine"))
-    store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
-    model, _ = load_checkpoint(tiny_checkpoint)
-    version = store.register_model("tiny", tiny_checkpoint, "compact", "0" * 64, {})
-    space = Space(config.outputs.dir, 0, store, "t", check_s=0)
-    processor = Processor(config, threading.Event(), store, model, version, threading.Event(), [root], space)
-    yield root, store, processor
-    processor.pool.shutdown()
-    store.close()
-
-
-def queue(store: Store, root: Path, *files: Path) -> None:
-    for f in files:
-        store.add_photo(identify(f, root, ["site", "location"]))
+from model.images import decode
+from tests.support.photos import write_photo as photo
+from tests.support.processor import queue
 
 
 def test_masks_have_the_displayed_size_of_the_source_and_values_0_255(setup):
     root, store, processor = setup
     queue(store, root, photo(root / "tower-a" / "L1" / "rotated.jpg", (64, 48), orientation=6))
-    processor.process(store.claim(8, "t"))
+    processor.process(store.queue.claim(8, "t"))
     out = processor.config.outputs.dir / "tower-a" / datetime.now().strftime("%Y-%m-%d")
     for name in ("rotated__segment_crack.png", "rotated__segment_taping_area.png"):
         mask = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (64, 48) and set(np.unique(mask)) <= {0, 255}
-    assert store.counts(datetime(2000, 1, 1))["processed"] == 1
+    assert store.queue.counts(datetime(2000, 1, 1))["processed"] == 1
 
 
 def test_large_jpegs_are_decoded_small_without_losing_the_source_size(tmp_path):
@@ -82,11 +47,11 @@ def test_a_photo_the_model_fails_on_fails_alone_and_the_rest_of_its_batch_is_don
         return real(images, prompts)
 
     monkeypatch.setattr(processor.model, "predict", predict)
-    processor.process(store.claim(8, "t"))
-    counts = store.counts(datetime(2000, 1, 1))
+    processor.process(store.queue.claim(8, "t"))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["processed"], counts["pending"]) == (3, 1)
-    processor.process(store.claim(8, "t"))  # the second and last attempt: quarantined
-    assert store.counts(datetime(2000, 1, 1))["failed"] == 1
+    processor.process(store.queue.claim(8, "t"))  # the second and last attempt: quarantined
+    assert store.queue.counts(datetime(2000, 1, 1))["failed"] == 1
     assert (processor.config.outputs.quarantine / "poison.jpg").is_file()
 
 
@@ -95,41 +60,41 @@ def test_photos_whose_share_is_unmounted_wait_without_using_up_their_attempts(se
     queue(store, root, photo(root / "a.jpg"))
     root.rename(tmp_path / "unmounted")
     for _ in range(3):
-        processor.process(store.claim(8, "t"))
-    counts = store.counts(datetime(2000, 1, 1))
+        processor.process(store.queue.claim(8, "t"))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["pending"], counts["failed"]) == (1, 0)
     (tmp_path / "unmounted").rename(root)
     time.sleep(1.1)  # the retry is due a second later
-    processor.process(store.claim(8, "t"))
-    assert store.counts(datetime(2000, 1, 1))["processed"] == 1
+    processor.process(store.queue.claim(8, "t"))
+    assert store.queue.counts(datetime(2000, 1, 1))["processed"] == 1
 
 
 def test_a_photo_that_vanishes_before_processing_waits_and_is_processed_when_it_reappears(setup, tmp_path):
     root, store, processor = setup
     queue(store, root, photo(root / "tower-a" / "a.jpg"))
     (root / "tower-a" / "a.jpg").rename(tmp_path / "away.jpg")  # deleted, or its share unmounted under it
-    processor.process(store.claim(8, "t"))
-    counts = store.counts(datetime(2000, 1, 1))
+    processor.process(store.queue.claim(8, "t"))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["missing"], counts["failed"], counts["pending"]) == (1, 0, 0)
     assert not processor.config.outputs.quarantine.exists()
     (tmp_path / "away.jpg").rename(root / "tower-a" / "a.jpg")  # the same file back: the rescan offers it
-    assert str(root / "tower-a" / "a.jpg") not in {p for p, _, _ in store.known_files()}
-    assert store.add_photo(identify(root / "tower-a" / "a.jpg", root, ["site", "location"])).kind == "new"
-    processor.process(store.claim(8, "t"))
-    counts = store.counts(datetime(2000, 1, 1))
+    assert str(root / "tower-a" / "a.jpg") not in {p for p, _, _ in store.queue.known_files()}
+    assert record(store, identify(root / "tower-a" / "a.jpg", root, ["site", "location"])).kind == "new"
+    processor.process(store.queue.claim(8, "t"))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["processed"], counts["missing"], counts["duplicates"]) == (1, 0, 0)
 
 
 def test_a_photo_moved_inside_the_root_before_processing_is_processed_at_its_new_place_not_as_a_copy(setup):
     root, store, processor = setup
     queue(store, root, photo(root / "tower-a" / "a.jpg"))
-    jobs = store.claim(8, "t")  # in hand when the crew moves it
+    jobs = store.queue.claim(8, "t")  # in hand when the crew moves it
     (root / "tower-b").mkdir()
     (root / "tower-a" / "a.jpg").rename(root / "tower-b" / "a.jpg")
-    assert store.add_photo(identify(root / "tower-b" / "a.jpg", root, ["site", "location"])).kind == "known"
+    assert record(store, identify(root / "tower-b" / "a.jpg", root, ["site", "location"])).kind == "known"
     processor.process(jobs)  # the old path is gone: queued again at the new one, no attempt used
-    processor.process(store.claim(8, "t"))
-    counts = store.counts(datetime(2000, 1, 1))
+    processor.process(store.queue.claim(8, "t"))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["processed"], counts["missing"], counts["duplicates"], counts["failed"]) == (1, 0, 0, 0)
 
 
@@ -138,8 +103,8 @@ def test_a_full_outputs_disk_pauses_work_records_it_and_uses_no_attempts(setup, 
 
     from sqlalchemy import select
 
-    from daemon import process
     from daemon.store import Failure
+    from model import masks
 
     root, store, processor = setup
     queue(store, root, photo(root / "a.jpg"))
@@ -147,12 +112,12 @@ def test_a_full_outputs_disk_pauses_work_records_it_and_uses_no_attempts(setup, 
     def full(path, image):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(process, "write_png", full)
+    monkeypatch.setattr(masks, "write_png", full)
     for _ in range(3):  # more failures than max_attempts
-        processor.process(store.claim(8, "t"))
+        processor.process(store.queue.claim(8, "t"))
         time.sleep(1.1)
     assert processor.space.paused and "No space left" in processor.space.paused
-    counts = store.counts(datetime(2000, 1, 1))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["pending"], counts["failed"]) == (1, 0)
     with store.reader() as s:
         assert [f.stage for f in s.scalars(select(Failure).where(Failure.stage == "outputs"))] == ["outputs"]
@@ -167,7 +132,7 @@ def test_the_pause_ends_by_itself_when_space_returns(tmp_path, monkeypatch):
     free = {"mb": 50}
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(space_module.shutil, "disk_usage", lambda _: usage(0, 0, free["mb"] * 2**20))
-    space = Space(tmp_path / "out", 100, store, "t", check_s=0)
+    space = Space(tmp_path / "out", 100, pause_recorder(store, "t", tmp_path / "out"), check_s=0)
     assert not space.ok() and "below outputs.min_free_mb" in space.paused
     free["mb"] = 500
     assert space.ok() and space.paused is None
@@ -175,7 +140,7 @@ def test_the_pause_ends_by_itself_when_space_returns(tmp_path, monkeypatch):
     assert not space.ok()
     free["mb"] = 502
     assert space.ok()
-    assert store.daemons_seen(60) == [("t", None)]
+    assert store.runs.daemons_seen(60) == [("t", None)]
     store.close()
 
 
@@ -184,19 +149,19 @@ def test_a_photo_whose_failure_could_not_be_recorded_is_queued_again_before_the_
 
     root, store, processor = setup
     queue(store, root, photo(root / "a.jpg"))
-    [job] = store.claim(8, processor.worker)
+    [job] = store.queue.claim(8, processor.worker)
 
     def locked(*args, **kwargs):
         raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(store, "retry_later", locked)
+    monkeypatch.setattr(store.queue, "retry_later", locked)
     processor.failed(job, "writing the results failed: disk trouble", count=False)
-    assert store.counts(datetime(2000, 1, 1))["pending"] == 1 and processor.stranded  # still `running`
+    assert store.queue.counts(datetime(2000, 1, 1))["pending"] == 1 and processor.stranded  # still `running`
     monkeypatch.undo()
     processor.start()  # the daemon's loop: the stranded job goes back to the queue and is processed
     deadline = time.monotonic() + 30
-    while store.counts(datetime(2000, 1, 1))["processed"] < 1 and time.monotonic() < deadline:
+    while store.queue.counts(datetime(2000, 1, 1))["processed"] < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     processor.stop_event.set()
     processor.join(timeout=30)
-    assert store.counts(datetime(2000, 1, 1))["processed"] == 1
+    assert store.queue.counts(datetime(2000, 1, 1))["processed"] == 1

@@ -17,7 +17,7 @@ import pytest
 from model.errors import PromptError
 from model.prompt_phrasings import CALIBRATION, TEST, UNRELATED_TEST
 from model.prompts import MARGIN, REFERENCES, THRESHOLD, PromptResolver, choose, shipped_prompts, subject, teach
-from tests.conftest import CRACKS, need_shared
+from tests.support.datasets import CRACKS, need_shared
 
 KNOWN = shipped_prompts()  # what THRESHOLD and MARGIN were chosen against (config.yaml's prompts)
 LISTED = ("use one of: segment crack, segment wall crack, segment cracks (crack) | segment taping area, "
@@ -90,7 +90,7 @@ def test_threshold_and_margin_are_those_the_calibration_phrasings_choose(resolve
 def test_a_taught_model_answers_a_paraphrase_exactly_as_the_canonical_prompt(tiny_checkpoint):
     import torch
 
-    from model.segmenter import load_checkpoint
+    from model.checkpoint import load_checkpoint
 
     image = [np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)]
     model, _ = load_checkpoint(tiny_checkpoint)

@@ -10,10 +10,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from PIL import Image
 
 from reports.charts import line_chart
 from reports.render import ReportError, render_index, render_report, report_name
+from tests.support.photos import write_photo
 
 XSS_NAME = "<script>alert(1)</script>.jpg"
 HTML_SITE = "<b>tower</b>"
@@ -21,10 +21,9 @@ HTML_SITE = "<b>tower</b>"
 
 # ---- a realistic summary, as the daemon side would compute it ---------------------------------
 
-def jpeg(path: Path, size: tuple[int, int] = (640, 480), colour: tuple[int, int, int] = (90, 90, 90)) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path, "JPEG")
-    return str(path)
+def overlay(path: Path, size: tuple[int, int] = (640, 480), colour: tuple[int, int, int] = (90, 90, 90)) -> str:
+    """An overlay JPEG of one colour, as the processor would have written; its path."""
+    return str(write_photo(path, size, colour=colour))
 
 
 def trend(photos: list[int], end: date) -> list[dict]:
@@ -57,14 +56,14 @@ def make_summary(tmp_path: Path, kind: str = "daily", day: str = "2026-11-24", s
     days_a = [0 if i % 7 == 5 else 4 + i % 3 for i in range(30)]
     days_b = [0 if i < 10 else 2 for i in range(30)]
     a = site_figures("tower-a", 31, 12, [
-        worst("IMG_1.jpg", jpeg(outputs / "tower-a/2026-11-24/IMG_1__overlay.jpg", (1600, 1200)), 12.3),
-        worst(XSS_NAME, jpeg(outputs / "tower-a/2026-11-24/x y&z__overlay.jpg", (400, 900), (200, 40, 40)), 8.1,
+        worst("IMG_1.jpg", overlay(outputs / "tower-a/2026-11-24/IMG_1__overlay.jpg", (1600, 1200)), 12.3),
+        worst(XSS_NAME, overlay(outputs / "tower-a/2026-11-24/x y&z__overlay.jpg", (400, 900), (200, 40, 40)), 8.1,
               "wide"),
         worst("IMG_3.jpg", None, 2.0, None),  # overlays turned off when it was processed
         worst("IMG_4.jpg", str(outputs / "tower-a/gone__overlay.jpg"), 1.5, "fine"),  # deleted since
     ], days_a)
     b = site_figures(HTML_SITE, 9, 3, [
-        worst("IMG_9.jpg", jpeg(outputs / "b/2026-11-24/IMG_9__overlay.jpg"), 4.0, "hairline"),
+        worst("IMG_9.jpg", overlay(outputs / "b/2026-11-24/IMG_9__overlay.jpg"), 4.0, "hairline"),
     ], days_b)
     totals = {**site_figures("All sites", 40, 15, [], [x + y for x, y in zip(days_a, days_b, strict=True)]),
               "crack_length_mm": None, "failures": 2}
@@ -218,4 +217,15 @@ def test_rendering_the_same_summary_again_gives_the_same_files(tmp_path):
     again = render_report(summary, out)
     assert again == first and again.read_bytes() == report and (out / "index.html").read_bytes() == index
     assert sorted((out / "thumbs").iterdir()) == thumbs
-    assert sorted(p.name for p in out.iterdir()) == ["daily-2026-11-24.html", "index.html", "thumbs"]  # no temp files
+    assert sorted(p.name for p in out.iterdir()) == ["daily-2026-11-24.html", "index.html", "index.json", "thumbs"]
+
+
+def test_the_index_lists_reports_without_index_data_by_their_names(tmp_path):
+    """Reports written by a version before index.json, or with the file damaged, are still listed."""
+    out = tmp_path / "out"
+    render_report(make_summary(tmp_path, day="2026-11-24"), out)
+    (out / "index.json").write_text("{not json")
+    (out / "weekly-2026-11-16-tower-b.html").write_text("<p>an older weekly report</p>")
+    html = render_index(out).read_text()
+    assert 'href="daily-2026-11-24.html"' in html and 'href="weekly-2026-11-16-tower-b.html"' in html
+    assert "tower-b" in html

@@ -18,10 +18,10 @@ import yaml
 from daemon.config import Config, load_config
 from daemon.retrain import check, gate, score, split_validation
 from daemon.store import Store
+from model.checkpoint import read_card, weights_sha256
 from model.postprocess import TaskInference
 from model.prep import MANIFEST, Row
-from model.segmenter import read_card, weights_sha256
-from tests.conftest import CRACK_CLASS, CRACKS, copy_pairs, stems_of
+from tests.support.datasets import CRACK_CLASS, CRACKS, copy_pairs, stems_of
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def setup(tmp_path, small_exports, tiny_checkpoint):
     config = load_config(config_path)
     store = Store.open(config.store.url)
     card = read_card(tiny_checkpoint)
-    store.startup_model(tiny_checkpoint, card.backend, weights_sha256(tiny_checkpoint), {})
+    store.models.startup(tiny_checkpoint, card.backend, weights_sha256(tiny_checkpoint), {})
     yield config_path, config, store
     store.close()
 
@@ -57,7 +57,7 @@ def test_new_labeled_images_in_the_inbox_request_a_retrain_once(setup):
     request = check(config, store, spawn=False)
     assert request is not None
     assert check(config, store, spawn=False) is None  # the same images do not ask twice
-    [req] = store.retrain_requests()
+    [req] = store.runs.retrain_requests()
     assert (req.new_images, req.status) == (3, "requested")
 
 
@@ -83,14 +83,14 @@ def test_retrain_promotes_through_the_gate_and_versions_can_be_rolled_back(setup
     listing = cli("-c", config_path, "model", "list").stdout
     assert (f"crack {crack['candidate']:.3f} vs {crack['active']:.3f} "
             f"(cal {metrics['calibration_images']['crack']} / gate {metrics['gate_images']['crack']})") in listing
-    assert store.retrain_requests()[0].status == "promoted"
-    assert store.new_labeled() == 0  # the promoted model has seen them
+    assert store.runs.retrain_requests()[0].status == "promoted"
+    assert store.runs.new_labeled() == 0  # the promoted model has seen them
 
     rolled = cli("-c", config_path, "model", "rollback")
     assert rolled.code == 0 and versions[0]["name"] in rolled.stdout
-    assert store.active_version().id == versions[0]["id"]
+    assert store.models.active().id == versions[0]["id"]
     assert cli("-c", config_path, "model", "promote", str(versions[1]["id"])).code == 0
-    assert store.active_version().id == versions[1]["id"]
+    assert store.models.active().id == versions[1]["id"]
     missing = cli("-c", config_path, "model", "promote", "nope")
     assert missing.code == 2 and "model list" in missing.stderr
 
@@ -112,7 +112,7 @@ def test_a_clearly_worse_candidate_is_refused_and_kept_as_rejected(setup, cli, m
     import torch
 
     import model.train
-    from model.segmenter import load_checkpoint, save_checkpoint
+    from model.checkpoint import load_checkpoint, save_checkpoint
 
     def blind_train(settings):  # a "fine-tune" that leaves a model which finds nothing at any threshold
         candidate, card = load_checkpoint(settings.init)
@@ -134,7 +134,7 @@ def test_a_clearly_worse_candidate_is_refused_and_kept_as_rejected(setup, cli, m
     assert [(v["status"], v["active"]) for v in versions] == [("active", True), ("rejected", False)]
     crack = versions[1]["metrics"]["gate"]["crack"]
     assert crack["candidate"] == 0 and crack["active"] > 0.005
-    assert store.retrain_requests()[0].status == "rejected"
+    assert store.runs.retrain_requests()[0].status == "rejected"
 
 
 def _rows(stems: list[str], dataset: str = "cracks", copies: int = 1, task: str = "crack") -> list[Row]:

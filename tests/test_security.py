@@ -25,25 +25,24 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from daemon.config import TASKS, Config, OutputsConfig, WatchConfig
-from daemon.intake import NotAPhoto, identify
+from daemon.intake import NotAPhoto, identify, image_ids
 from daemon.paths import move_into, place, quarantine, safe_part
 from daemon.store import Identified, Store, redact
 from daemon.watcher import Watcher
 from model.masks import mask_name
 from reports.render import report_name
-from tests.test_daemon import Daemon
-from tests.test_process import queue, setup  # noqa: F401 - the in-process processor fixture
-from tests.test_several_daemons import ServerDaemon
+from tests.support.daemon import DaemonProcess, write_daemon_config
+from tests.support.photos import write_photo
+from tests.support.postgres import NO_SERVER, create_database
+from tests.support.processor import queue
 
 PASSWORD = "S3cret-pw-xyz"
 DAY = "2026-11-24"
@@ -80,14 +79,6 @@ FILE_NAMES = NAMES.map(file_name)  # hostile, yet names a real file or folder ca
 SHORTER_FILE_NAMES = NAMES.map(lambda n: file_name(n, 245))
 
 
-def jpeg(path: Path, seed: int = 0) -> Path:
-    """A small synthetic photo, different for every seed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(path, "JPEG")
-    return path
-
-
 def within(path: Path | str, folder: Path) -> bool:
     """`path`, resolved with links followed, lies in `folder` (resolved too)."""
     return Path(path).resolve().is_relative_to(folder.resolve())
@@ -104,48 +95,41 @@ DROPPED = [
 ]
 
 
-def sqlite_daemon_home(home: Path, checkpoint: Path) -> Daemon:
+def sqlite_daemon_home(home: Path, checkpoint: Path) -> DaemonProcess:
     """A daemon on SQLite, with an archive; a file link and a folder link in its watch root point outside it."""
     root, outside = home / "in", home / "outside"
     (root / "site" / "L1").mkdir(parents=True)
-    jpeg(outside / "private.jpg", seed=100)
+    write_photo(outside / "private.jpg", seed=100)
     (root / "site" / "L1" / "link.jpg").symlink_to(outside / "private.jpg")
     (root / "site" / "linked folder").symlink_to(outside, target_is_directory=True)
-    config = home / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    config = write_daemon_config(home, {
         "model": {"checkpoint": str(checkpoint), "device": "cpu", "batch_size": 4},
         "watch": {"roots": ["in"], "settle_s": 0.3, "retry_backoff_s": 0.5, "max_attempts": 1, "heartbeat_s": 2},
         "store": {"url": "sqlite:///qa.sqlite3"},
         "outputs": {"archive": "archive"},
         "schedule": {"reports_dir": "reports"},
-    }))
-    return Daemon(home, config)
+    })
+    return DaemonProcess(home, config)
 
 
-def postgresql_daemon_home(home: Path, checkpoint: Path, server_url: str) -> ServerDaemon:
+def postgresql_daemon_home(home: Path, checkpoint: Path, server_url: str) -> DaemonProcess:
     """A daemon on a new database of the PostgreSQL test server, its URL with a password (the server's trust
     authentication accepts any), with two photos and a file that is not one waiting in its watch root."""
-    name = f"qa_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    url = server_url.replace("/postgres?", f"/{name}?").replace("://qa@", f"://qa:{PASSWORD}@")
+    url = create_database(server_url).replace("://qa@", f"://qa:{PASSWORD}@")
     for i in range(2):
-        jpeg(home / "in" / "tower-a" / "L1" / f"IMG_{i}.jpg", seed=i)
+        write_photo(home / "in" / "tower-a" / "L1" / f"IMG_{i}.jpg", seed=i)
     (home / "in" / "tower-a" / "L1" / "notes.jpg").write_text("not a photo\n")  # a failure, with its error
-    config = home / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    config = write_daemon_config(home, {
         "model": {"checkpoint": str(checkpoint), "device": "cpu"},
         "watch": {"roots": ["in"], "settle_s": 0.3, "heartbeat_s": 1},
         "store": {"url": url},
         "schedule": {"reports_dir": "reports"},
-    }))
-    return ServerDaemon(home, config, url, "daemon.log")
+    })
+    return DaemonProcess(home, config, server_url=url)
 
 
 @pytest.fixture(scope="module")
-def daemons(request, tmp_path_factory, tiny_checkpoint) -> dict[str, Daemon]:
+def daemons(request, tmp_path_factory, tiny_checkpoint) -> dict[str, DaemonProcess]:
     """This file's two `qa-daemon run` processes, started together: each takes 10 to 25 s to start, and
     the two starts overlap. Without PostgreSQL's binaries there is only the SQLite one."""
     started = {"sqlite": sqlite_daemon_home(tmp_path_factory.mktemp("sqlite-daemon"), tiny_checkpoint)}
@@ -157,24 +141,20 @@ def daemons(request, tmp_path_factory, tiny_checkpoint) -> dict[str, Daemon]:
             d.start()
         yield started
     finally:
-        for d in started.values():
-            if d.proc is not None and d.proc.poll() is None:  # a test failed half-way: no daemon left behind
-                d.proc.kill()
-                d.proc.wait()
-        if "postgresql" in started:
-            started["postgresql"].engine.dispose()
+        for d in started.values():  # a test failed half-way: no daemon left behind
+            d.close()
 
 
 @pytest.fixture(scope="module")
-def sqlite_daemon(daemons) -> Daemon:
+def sqlite_daemon(daemons) -> DaemonProcess:
     """The SQLite daemon, once it has processed (and archived) photos with hostile names and met the links
     pointing out of its watch root; its scheduler is running."""
     d = daemons["sqlite"]
     root, outside = d.home / "in", d.home / "outside"
-    d.wait_for("the daemon to start", lambda: d.log.exists() and "qa-daemon started" in d.log.read_text())
+    d.wait_started()
     for i, (site, location, name) in enumerate(DROPPED):
-        jpeg(root / site / location / name, seed=i)
-    jpeg(outside / "arrived later.jpg", seed=101)  # appears inside the linked folder, after the start
+        write_photo(root / site / location / name, seed=i)
+    write_photo(outside / "arrived later.jpg", seed=101)  # appears inside the linked folder, after the start
     d.wait_for("the photos to be processed and archived", lambda: d.done() == len(DROPPED) and d.count(
         f"SELECT count(*) FROM photos WHERE path LIKE '{d.home / 'archive'}/%'") == len(DROPPED))
     return d
@@ -259,8 +239,8 @@ def test_a_folder_link_pointing_outside_the_watch_root_is_not_followed_when_poll
     watcher.start()
     try:
         time.sleep(0.5)  # the watch is set up and has looked once
-        jpeg(outside / "private.jpg")
-        jpeg(root / "site" / "inside.jpg", seed=1)
+        write_photo(outside / "private.jpg")
+        write_photo(root / "site" / "inside.jpg", seed=1)
         deadline = time.monotonic() + 5
         while root / "site" / "inside.jpg" not in offered and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -276,7 +256,7 @@ def test_a_folder_link_pointing_outside_the_watch_root_is_not_followed_when_poll
 
 def test_a_photo_reached_through_a_folder_link_pointing_outside_is_refused(tmp_path):
     root, outside = tmp_path / "in", tmp_path / "outside"
-    jpeg(outside / "private.jpg")
+    write_photo(outside / "private.jpg")
     root.mkdir()
     (root / "linked folder").symlink_to(outside, target_is_directory=True)
     with pytest.raises(NotAPhoto, match="outside the watch root"):
@@ -287,7 +267,7 @@ def test_a_photo_reached_through_a_folder_link_pointing_outside_is_refused(tmp_p
 
 def test_the_store_password_reaches_no_log_status_report_or_table(daemons, cli):
     if "postgresql" not in daemons:
-        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
+        pytest.skip(NO_SERVER)
     d = daemons["postgresql"]
     config, home = d.config, d.home
     url = yaml.safe_load(config.read_text())["store"]["url"]
@@ -417,7 +397,9 @@ def store(tmp_path):
 def queued(store: Store, root: Path, site: str, name: str, seed: str) -> None:
     """Record a photo named `name` (bytes told apart by `seed`) as intake does."""
     sha = hashlib.sha256(seed.encode()).hexdigest()
-    store.add_photo(Identified(path=root / site / name, sha256=sha, size=1, mtime_ns=1, site=site, location="L1",
+    path = root / site / name
+    store.queue.add_photo(Identified(path=path, sha256=sha, image_ids=image_ids(path, sha), size=1, mtime_ns=1,
+                                     site=site, location="L1",
                                captured_at=datetime(2026, 11, 24), captured_from="mtime", width=8, height=8))
 
 
@@ -431,7 +413,7 @@ def test_mask_and_overlay_paths_of_any_photo_stay_in_its_output_folder(tmp_path,
     name = file_name(stem, 251) + ".jpg"
     for copy in range(2):  # the second photo of that name at the site gets the sha256 in its image_id
         queued(store, tmp_path / "in", site, name, f"{site}/{name}/{copy}/{uuid.uuid4()}")
-    for job in store.claim(8, "test"):
+    for job in store.queue.claim(8, "test"):
         out_dir = outputs / safe_part(job.site) / DAY
         for result in [mask_name(job.image_id, p) for p in ALL_PROMPTS] + [f"{job.image_id}__overlay.jpg"]:
             path = out_dir / result
@@ -480,11 +462,11 @@ LONGEST = [  # file names of 255 and 254 bytes, the most a Linux file system all
 
 
 @pytest.mark.parametrize("name", LONGEST)
-def test_a_photo_with_the_longest_file_name_is_processed(setup, name):  # noqa: F811 - the fixture imported
+def test_a_photo_with_the_longest_file_name_is_processed(setup, name):
     root, store, processor = setup
-    queue(store, root, jpeg(root / "site" / "L1" / name))
-    processor.process(store.claim(8, "test"))
-    assert store.counts(datetime(2000, 1, 1))["processed"] == 1, "its masks could not be written"
+    queue(store, root, write_photo(root / "site" / "L1" / name))
+    processor.process(store.queue.claim(8, "test"))
+    assert store.queue.counts(datetime(2000, 1, 1))["processed"] == 1, "its masks could not be written"
     for path in processor.config.outputs.dir.rglob("*"):
         assert within(path, processor.config.outputs.dir)
 

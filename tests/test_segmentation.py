@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from model.clipseg import write_random_base
+from model.backends import build
+from model.checkpoint import Card, load_checkpoint, save_checkpoint
 from model.errors import CheckpointError
 from model.evaluate import Accumulator
 from model.masks import mask_name
-from model.segmenter import Card, build, load_checkpoint, save_checkpoint
-from tests.conftest import CRACKS, DRYWALL, need_shared
+from tests.support.datasets import CRACKS, DRYWALL, need_shared
+from tests.support.models import write_random_base
 
 BACKENDS = ["compact", "clipseg"]
 PROMPTS = ["segment crack", "segment taping area"]

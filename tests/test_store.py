@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.intake import image_ids
 from daemon.store import (
     Base,
     DetectionResult,
@@ -26,7 +27,8 @@ from daemon.store import (
 def identified(path: Path, sha: str, site: str = "tower-a", mtime_ns: int = 1) -> Identified:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()  # the file is there, as when intake identifies it
-    return Identified(path=path, sha256=sha * 64 if len(sha) == 1 else sha, size=100, mtime_ns=mtime_ns, site=site,
+    sha = sha * 64 if len(sha) == 1 else sha
+    return Identified(path=path, sha256=sha, image_ids=image_ids(path, sha), size=100, mtime_ns=mtime_ns, site=site,
                       location="L3", captured_at=datetime(2026, 11, 24, 9, 30), captured_from="exif",
                       width=640, height=480)
 
@@ -66,11 +68,11 @@ def test_migrations_build_exactly_the_schema_the_code_uses(store):
 def test_history_survives_reopening_and_repeated_migration(tmp_path):
     url = f"sqlite:///{tmp_path / 'qa.sqlite3'}"
     first = Store.open(url)
-    first.add_photo(identified(tmp_path / "a.jpg", "a"))
+    first.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
     first.close()
     again = Store.open(url)  # migrates again: a no-op on an up-to-date store
     migrate(again.engine)
-    assert again.counts(datetime(2000, 1, 1))["pending"] == 1
+    assert again.queue.counts(datetime(2000, 1, 1))["pending"] == 1
     again.close()
 
 
@@ -81,54 +83,56 @@ def test_sqlite_store_runs_in_wal_mode_with_foreign_keys(sqlite_store):
 
 
 def test_a_photo_is_pending_until_its_results_commit_and_then_done_once(store, tmp_path):
-    added = store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    added = store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
     assert added.kind == "new"
-    mv = store.register_model("tiny", tmp_path, "compact", "f" * 64, {})
-    [job] = store.claim(8, "test")
-    assert store.claim(8, "test") == []  # running jobs are not handed out twice
-    store.complete([(job, result(tmp_path))], mv)
-    counts = store.counts(datetime(2000, 1, 1))
+    mv = store.models.register("tiny", tmp_path, "compact", "f" * 64, {})
+    [job] = store.queue.claim(8, "test")
+    assert store.queue.claim(8, "test") == []  # running jobs are not handed out twice
+    store.queue.complete([(job, result(tmp_path))], mv)
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["processed"], counts["pending"]) == (1, 0)
 
 
 def test_jobs_left_running_by_a_crash_are_queued_again(store, tmp_path):
-    store.add_photo(identified(tmp_path / "a.jpg", "a"))
-    store.claim(8, "crashed")
-    assert store.recover(max_attempts=3) == (1, [])
-    assert len(store.claim(8, "restarted")) == 1
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.queue.claim(8, "crashed")
+    assert store.queue.recover(max_attempts=3) == (1, [])
+    assert len(store.queue.claim(8, "restarted")) == 1
 
 
 def test_same_bytes_under_another_name_are_a_duplicate_and_the_same_file_again_is_not(store, tmp_path):
-    first = store.add_photo(identified(tmp_path / "a.jpg", "a"))
-    assert store.add_photo(identified(tmp_path / "a.jpg", "a")).kind == "known"  # second event, same file
-    assert store.add_photo(identified(tmp_path / "a.jpg", "a", mtime_ns=2)).kind == "known"  # touched
-    dup = store.add_photo(identified(tmp_path / "copy of a.jpg", "a"))
+    first = store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    assert store.queue.add_photo(identified(tmp_path / "a.jpg", "a")).kind == "known"  # second event, same file
+    assert store.queue.add_photo(identified(tmp_path / "a.jpg", "a", mtime_ns=2)).kind == "known"  # touched
+    dup = store.queue.add_photo(identified(tmp_path / "copy of a.jpg", "a"))
     assert (dup.kind, dup.photo_id) == ("duplicate", first.photo_id)
-    counts = store.counts(datetime(2000, 1, 1))
+    counts = store.queue.counts(datetime(2000, 1, 1))
     assert (counts["pending"], counts["duplicates"]) == (1, 1)
-    (tmp_path / "a.jpg").unlink()  # gone from its place: the same bytes elsewhere were moved, not copied
-    assert store.add_photo(identified(tmp_path / "moved" / "a.jpg", "a")).kind == "known"
-    [job] = store.claim(8, "w")
+    # gone from its place (intake looks where the store last saw it): the same bytes elsewhere were moved
+    (tmp_path / "a.jpg").unlink()
+    assert store.queue.path_of("a" * 64) == tmp_path / "a.jpg"
+    assert store.queue.add_photo(identified(tmp_path / "moved" / "a.jpg", "a"), earlier_gone=True).kind == "known"
+    [job] = store.queue.claim(8, "w")
     assert job.path == tmp_path / "moved" / "a.jpg"
-    assert store.counts(datetime(2000, 1, 1))["duplicates"] == 1
+    assert store.queue.counts(datetime(2000, 1, 1))["duplicates"] == 1
 
 
 def test_photos_with_the_same_name_at_one_site_get_distinct_image_ids(store, tmp_path):
-    store.add_photo(identified(tmp_path / "d1" / "IMG_1.jpg", "a"))
-    store.add_photo(identified(tmp_path / "d2" / "IMG_1.jpg", "b"))
-    store.add_photo(identified(tmp_path / "d3" / "IMG_1.jpg", "c", site="other"))
-    ids = sorted(j.image_id for j in store.claim(8, "w"))
+    store.queue.add_photo(identified(tmp_path / "d1" / "IMG_1.jpg", "a"))
+    store.queue.add_photo(identified(tmp_path / "d2" / "IMG_1.jpg", "b"))
+    store.queue.add_photo(identified(tmp_path / "d3" / "IMG_1.jpg", "c", site="other"))
+    ids = sorted(j.image_id for j in store.queue.claim(8, "w"))
     assert ids == ["IMG_1", "IMG_1", f"IMG_1-{'b' * 8}"]
 
 
 def test_failed_attempts_back_off_then_give_up(store, tmp_path):
-    store.add_photo(identified(tmp_path / "a.jpg", "a"))
-    [job] = store.claim(8, "w")
-    store.retry_later(job, "boom", delay_s=60)
-    assert store.claim(8, "w") == []  # not due yet
-    store.give_up(job, "boom", tmp_path / "quarantine" / "a.jpg")
-    assert store.counts(datetime(2000, 1, 1))["failed"] == 1
-    assert store.recent_failures()[0].quarantined_to.endswith("a.jpg")
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    [job] = store.queue.claim(8, "w")
+    store.queue.retry_later(job, "boom", delay_s=60)
+    assert store.queue.claim(8, "w") == []  # not due yet
+    store.queue.give_up(job, "boom", tmp_path / "quarantine" / "a.jpg")
+    assert store.queue.counts(datetime(2000, 1, 1))["failed"] == 1
+    assert store.queue.recent_failures()[0].quarantined_to.endswith("a.jpg")
 
 
 def test_readers_never_block_the_daemons_writes(sqlite_store, tmp_path):
@@ -137,7 +141,7 @@ def test_readers_never_block_the_daemons_writes(sqlite_store, tmp_path):
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM photos").fetchall()  # a report holding a read transaction open
     start = time.perf_counter()
-    store.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
     assert time.perf_counter() - start < 2
     reader.rollback()
     reader.close()
@@ -149,8 +153,8 @@ def test_concurrent_writers_in_one_daemon_never_see_database_is_locked(store, tm
     def add(i: int) -> None:
         try:
             for k in range(20):
-                store.add_photo(identified(tmp_path / f"{i}-{k}.jpg", f"{i:02d}{k:02d}" + "0" * 60))
-                store.claim(1, f"w{i}")
+                store.queue.add_photo(identified(tmp_path / f"{i}-{k}.jpg", f"{i:02d}{k:02d}" + "0" * 60))
+                store.queue.claim(1, f"w{i}")
         except Exception as exc:  # noqa: BLE001 - collected for the assert
             errors.append(exc)
 
@@ -185,39 +189,39 @@ def test_store_in_a_missing_folder_is_one_clear_error(tmp_path):
 
 
 def test_a_photo_given_up_on_is_retried_when_dropped_in_again(store, tmp_path):
-    store.add_photo(identified(tmp_path / "a.jpg", "a"))
-    [job] = store.claim(8, "w")
-    store.give_up(job, "boom", tmp_path / "quarantine" / "a.jpg")
-    again = store.add_photo(identified(tmp_path / "again" / "a.jpg", "a"))
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    [job] = store.queue.claim(8, "w")
+    store.queue.give_up(job, "boom", tmp_path / "quarantine" / "a.jpg")
+    again = store.queue.add_photo(identified(tmp_path / "again" / "a.jpg", "a"))
     assert again.kind == "new"
-    [retry] = store.claim(8, "w")
+    [retry] = store.queue.claim(8, "w")
     assert (retry.photo_id, retry.attempts, retry.path) == (job.photo_id, 1, tmp_path / "again" / "a.jpg")
 
 
 def test_a_photo_in_hand_at_every_crash_is_handed_back_for_quarantine_not_requeued(store, tmp_path):
-    store.add_photo(identified(tmp_path / "poison.jpg", "a"))
-    store.add_photo(identified(tmp_path / "fine.jpg", "b"))
+    store.queue.add_photo(identified(tmp_path / "poison.jpg", "a"))
+    store.queue.add_photo(identified(tmp_path / "fine.jpg", "b"))
     for _ in range(2):  # two daemons died while processing both
-        assert len(store.claim(8, "w")) in (1, 2)
-        requeued, exhausted = store.recover(max_attempts=2)
+        assert len(store.queue.claim(8, "w")) in (1, 2)
+        requeued, exhausted = store.queue.recover(max_attempts=2)
     assert requeued == 0 and sorted(j.path.name for j in exhausted) == ["fine.jpg", "poison.jpg"]
 
 
 def test_touching_a_duplicate_does_not_count_it_again(store, tmp_path):
-    store.add_photo(identified(tmp_path / "a.jpg", "a"))
-    store.add_photo(identified(tmp_path / "copy.jpg", "a"))
-    assert store.add_photo(identified(tmp_path / "copy.jpg", "a", mtime_ns=5)).kind == "known"
-    assert store.counts(datetime(2000, 1, 1))["duplicates"] == 1
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.queue.add_photo(identified(tmp_path / "copy.jpg", "a"))
+    assert store.queue.add_photo(identified(tmp_path / "copy.jpg", "a", mtime_ns=5)).kind == "known"
+    assert store.queue.counts(datetime(2000, 1, 1))["duplicates"] == 1
 
 
 def test_daemons_sharing_a_server_never_claim_the_same_photo(pg_database, tmp_path):
     stores = [Store.open(pg_database) for _ in range(3)]
     for i in range(40):
-        stores[0].add_photo(identified(tmp_path / f"{i}.jpg", f"{i:064d}"))
+        stores[0].queue.add_photo(identified(tmp_path / f"{i}.jpg", f"{i:064d}"))
     claimed: list[list[int]] = [[] for _ in stores]
 
     def claim(k: int) -> None:
-        while jobs := stores[k].claim(2, f"daemon-{k}"):
+        while jobs := stores[k].queue.claim(2, f"daemon-{k}"):
             claimed[k] += [j.job_id for j in jobs]
 
     threads = [threading.Thread(target=claim, args=(k,)) for k in range(len(stores))]
@@ -232,14 +236,14 @@ def test_daemons_sharing_a_server_never_claim_the_same_photo(pg_database, tmp_pa
 
 
 def test_on_a_shared_server_only_a_silent_daemons_jobs_are_requeued(store, tmp_path):
-    store.add_photo(identified(tmp_path / "a.jpg", "a"))
-    store.add_photo(identified(tmp_path / "b.jpg", "b"))
-    store.beat("alive")
-    store.claim(1, "alive")
-    store.claim(1, "dead")  # never sent a heartbeat
-    requeued, _ = store.recover(max_attempts=3, stale_s=60)
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    store.queue.add_photo(identified(tmp_path / "b.jpg", "b"))
+    store.runs.beat("alive")
+    store.queue.claim(1, "alive")
+    store.queue.claim(1, "dead")  # never sent a heartbeat
+    requeued, _ = store.queue.take_over(max_attempts=3, stale_s=60)
     assert requeued == 1
-    assert [j.path.name for j in store.claim(8, "other")] == ["b.jpg"]
+    assert [j.path.name for j in store.queue.claim(8, "other")] == ["b.jpg"]
 
 
 def test_daemons_starting_together_on_a_new_server_database_migrate_it_once(pg_database):
@@ -258,3 +262,24 @@ def test_daemons_starting_together_on_a_new_server_database_migrate_it_once(pg_d
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads), "concurrent migrations deadlocked"
     assert errors == []
+
+
+
+def test_daemons_starting_together_on_a_new_store_run_the_same_model_version(store, tmp_path, monkeypatch):
+    """The daemon that loses the race to register the configured checkpoint reads the winner's row
+    instead of dying of the unique constraint."""
+    from sqlalchemy.exc import IntegrityError
+
+    real, calls = store.models._startup, []
+
+    def racing(*args):
+        calls.append(args)
+        if len(calls) == 1:  # another daemon registers it between our look and our insert
+            real(*args)
+            raise IntegrityError("INSERT INTO model_versions", {}, Exception("duplicate key value"))
+        return real(*args)
+
+    monkeypatch.setattr(store.models, "_startup", racing)
+    version = store.models.startup(tmp_path / "m", "compact", "a" * 64, {})
+    assert len(calls) == 2 and version.active
+    assert [v.id for v in store.models.versions()] == [version.id]

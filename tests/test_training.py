@@ -17,12 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model.backends import build
+from model.checkpoint import load_checkpoint
 from model.data import Augment, ImageCache
 from model.losses import lovasz_hinge
 from model.prep import MANIFEST, Row, read_manifest
-from model.segmenter import build, load_checkpoint
 from model.train import TrainSettings, resume_settings, train
-from tests.conftest import TINY_SETTINGS
+from tests.support.checkpoints import TINY_SETTINGS
 
 PROMPTS = {"crack": ["segment crack", "segment wall crack"], "taping": ["segment taping area", "segment drywall seam"]}
 SIZE = 96

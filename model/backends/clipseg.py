@@ -20,10 +20,9 @@ from typing import Any
 import torch
 
 from model.errors import CheckpointError
-from model.segmenter import Segmenter, register
+from model.segmenter import Segmenter
 
 
-@register
 class ClipSegSegmenter(Segmenter):
     """CLIPSeg through transformers' `CLIPSegForImageSegmentation`."""
 
@@ -107,43 +106,6 @@ class ClipSegSegmenter(Segmenter):
         return groups
 
 
-def write_random_base(folder: Path, size: str = "tiny") -> Path:
-    """Write a randomly initialised CLIPSeg base folder (model, tokenizer, image processor).
-
-    For offline tests ("tiny": a few thousand parameters) and timing at the real
-    architecture's size ("rd64": the shape of CIDAS/clipseg-rd64-refined, random
-    weights). The tokenizer knows only lower-case letters and a few signs.
-    """
-    from transformers import CLIPImageProcessor, CLIPSegConfig, CLIPSegForImageSegmentation, CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz/-")}
-    vocab.update({f"{c}</w>": len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz/-")})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-               "pad_token_id": vocab["<|endoftext|>"]}
-    if size == "tiny":
-        config = CLIPSegConfig(
-            text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "max_position_embeddings": 32, **special},
-            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3,
-                           "num_attention_heads": 4, "image_size": 64, "patch_size": 16},
-            projection_dim=16, extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2,
-            decoder_intermediate_size=20)
-    elif size == "rd64":
-        config = CLIPSegConfig(text_config=special, vision_config={"image_size": 224, "patch_size": 16},
-                               extract_layers=[3, 6, 9], reduce_dim=64, use_complex_transposed_convolution=True)
-    else:
-        raise ValueError(f"size must be 'tiny' or 'rd64', got {size!r}")
-    CLIPSegForImageSegmentation(config).save_pretrained(folder)
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 352}, crop_size=352).save_pretrained(folder)
-    return folder
-
-
 def _image_stats(folder: Path | None) -> tuple[list[float], list[float]]:
     """CLIP's normalisation, from the base's preprocessor_config.json when it has one."""
     default = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
@@ -151,6 +113,3 @@ def _image_stats(folder: Path | None) -> tuple[list[float], list[float]]:
         return default
     cfg = json.loads((folder / "preprocessor_config.json").read_text())
     return cfg.get("image_mean", default[0]), cfg.get("image_std", default[1])
-
-
-

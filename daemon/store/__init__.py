@@ -1,0 +1,78 @@
+"""The results store: photos and their job queue, the model registry, and what daemons coordinate.
+
+    store = Store.open("sqlite:///qa-daemon.sqlite3")   # migrates to the newest schema
+    store.queue.add_photo(identified)                    # daemon/store/queue.py
+    store.models.promote("compact-v2")                   # daemon/store/registry.py
+    store.runs.claim("daily_report", "2026-11-30", w)    # daemon/store/runs.py
+
+Tables and statuses are in `schema.py`, the engine, migrations and the SQLite lock in `engine.py`.
+SQLite runs in WAL mode, so readers (status, reports, history) never block the daemon's writes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from daemon.store.engine import StoreError, StoreLock, make_engine, migrate, redact, sqlite_path, worker_name
+from daemon.store.queue import Queue
+from daemon.store.records import Added, Claimed, DetectionResult, Identified, PhotoResult
+from daemon.store.registry import Registry
+from daemon.store.runs import Runs
+from daemon.store.schema import (
+    Base,
+    Detection,
+    Failure,
+    FailureStage,
+    Job,
+    JobStatus,
+    ModelStatus,
+    ModelVersion,
+    Photo,
+    RetrainStatus,
+    utcnow,
+)
+
+__all__ = ["Added", "Base", "Claimed", "Detection", "DetectionResult", "Failure", "FailureStage", "Identified",
+           "Job", "JobStatus", "ModelStatus", "ModelVersion", "Photo", "PhotoResult", "RetrainStatus", "Store",
+           "StoreError", "StoreLock", "redact", "sqlite_path", "utcnow", "worker_name"]
+
+
+class Store:
+    """An open store: `queue`, `models` and `runs`, sharing one engine; thread-safe."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.url = redact(str(engine.url))
+        session = sessionmaker(engine.execution_options(writer=True), expire_on_commit=False)
+        self.reader = sessionmaker(engine, expire_on_commit=False)  # read-only queries (summaries, history)
+        self.queue = Queue(session, self.reader)
+        self.models = Registry(session, self.reader)
+        self.runs = Runs(session, self.reader)
+
+    @classmethod
+    def open(cls, url: str, migrate_schema: bool = True) -> Store:
+        engine = make_engine(url)
+        try:
+            if migrate_schema:
+                migrate(engine)
+            else:  # a clear message now, rather than a traceback at the first query
+                with engine.connect():
+                    pass
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store.url: cannot open {redact(url)} ({getattr(exc, 'orig', exc)}); "
+                             "check the URL, the server and the permissions") from None
+        return cls(engine)
+
+    @classmethod
+    def open_existing(cls, url: str) -> Store:
+        """A store for reading (status, reports, history); a clear error when none was written yet."""
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
+                             "start the daemon with `qa-daemon run`, or pass --store")
+        return cls.open(url, migrate_schema=False)
+
+    def close(self) -> None:
+        self.engine.dispose()

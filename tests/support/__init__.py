@@ -1,0 +1,19 @@
+"""Test support: what more than one test file (or a benchmark) needs, one copy of each.
+
+Fixture modules, loaded through `pytest_plugins` in tests/conftest.py:
+
+- datasets: the real datasets beside the repo (`need_shared`, `real_photos`), the `small_exports` fixture;
+- cli: the `cli` and `write_config` fixtures;
+- checkpoints: the `tiny_checkpoint` fixture and `save_tiny`;
+- processor: the `setup` fixture (the processor in-process) and `queue`;
+- browser: the `browser` and `visit` fixtures (headless Chromium);
+- postgres: the `postgres_url` and `pg_database` fixtures, `create_database`.
+
+Helpers, imported where used (bench/ uses them too):
+
+- daemon: `DaemonProcess`, a real `qa-daemon run` child process and its store;
+- photos: photo makers, delivery into a watched folder, the mask check;
+- faults: mounts, full disks, a held store lock;
+- models: model fixtures (`write_random_base`);
+- each_alone: `python -m tests.support.each_alone [FILES]` runs each test in a process of its own.
+"""
