@@ -7,10 +7,11 @@
 2. model only: both prompts with one shared image encoding against one full pass per prompt;
 3. decoding a 4000x3000 JPEG to the working resolution, with and without draft mode;
 4. training throughput: the real training loop with config.yaml's recipe on the prepared data;
-5. the daemon's peak resident memory.
+5. the daemon's peak resident memory;
+6. `qa-daemon status` on a store of 500 processed photos, a fresh process each time.
 
 `--json` prints one object: photos_per_s_640, photos_per_s_4000x3000, p95_latency_s_640 (steady
-1 photo/s), shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, hardware,
+1 photo/s), shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, status_s, hardware,
 and the details. Needs ../shared/datasets for real photos.
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +72,26 @@ def train_throughput(steps: int, prepared: Path) -> dict:
             "architecture": settings.model, "train_images_per_s": float(row["train_images_per_s"])}
 
 
+def status_time(runs: int, photos: int = 500) -> dict:
+    """Wall time of `qa-daemon status` (a fresh process, as a user runs it) on a store holding `photos`
+    processed photos; the median of `runs`."""
+    from daemon.store import Store
+    from tests.support.store import fill
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'qa.sqlite3'}"
+        store = Store.open(url)
+        fill(store, Path(tmp), [("tower-a", "2026-11-24", 1.0, "fine")] * photos)
+        store.close()
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "daemon", "status", "--store", url], check=True,
+                           capture_output=True)
+            samples.append(time.perf_counter() - start)
+    return {"status_s": round(statistics.median(samples), 2), "photos_in_store": photos, "runs": runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer photos and runs: a smoke test of the suite")
@@ -86,6 +109,7 @@ def main() -> None:
     decoding = draft_decode(n["runs"], 2 * model.input_size)
     del model
     training = train_throughput(n["train"], args.prepared)
+    status = status_time(n["runs"])
     daemon = e2e.run(n["photos"], n["large"], n["steady"], args.checkpoint, args.device, 8)
     b = daemon["bursts"]
     report = {
@@ -96,16 +120,17 @@ def main() -> None:
         "draft_decode_speedup": decoding["draft_decode_speedup"],
         "train_images_per_s": training.get("train_images_per_s"),
         "peak_rss_mb": daemon["peak_rss_mb"],
+        "status_s": status["status_s"],
         "hardware": e2e.hardware(), "device": args.device, "torch_threads": torch.get_num_threads(),
         "quick": args.quick, "details": {"daemon": daemon, "inference": inference, "decode": decoding,
-                                         "training": training},
+                                         "training": training, "status": status},
     }
     if args.json:
         print(json.dumps(report))
         return
     print(f"hardware: {report['hardware']}, device {args.device}, {report['torch_threads']} torch threads")
     for key in ("photos_per_s_640", "photos_per_s_4000x3000", "p95_latency_s_640", "shared_encoding_speedup",
-                "draft_decode_speedup", "train_images_per_s", "peak_rss_mb"):
+                "draft_decode_speedup", "train_images_per_s", "peak_rss_mb", "status_s"):
         print(f"  {key:<26} {report[key]}")
     print(json.dumps(report["details"], indent=2))
 

@@ -28,7 +28,6 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,6 +39,7 @@ from daemon.process import Processor, load_warm
 from daemon.schedule import Scheduler
 from daemon.settle import Settler
 from daemon.space import Space
+from daemon.status import stale_after
 from daemon.store import FailureStage, ModelVersion, Store, StoreLock, redact, sqlite_path, worker_name
 from daemon.watcher import Watcher
 from model.checkpoint import read_card, weights_sha256
@@ -68,11 +68,6 @@ def log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ("watchdog", "alembic", "PIL", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def stale_after(config: Config) -> float:
-    """Seconds of silence after which a daemon sharing the store counts as dead."""
-    return max(3 * config.watch.heartbeat_s, 30.0)
 
 
 def pause_recorder(store: Store, worker: str, folder: Path):
@@ -248,21 +243,3 @@ class App:
                 signal.signal(sig, handler)
         log.info("stopped")
         return code
-
-
-def status(config: Config) -> dict[str, Any]:
-    """The daemon's state as `qa-daemon status --json` prints it."""
-    store = Store.open_existing(config.store.url)
-    try:
-        counts = store.queue.counts(today_start_utc())
-        failures = [{"at": f.at.isoformat(timespec="seconds"), "path": f.path, "stage": f.stage, "error": f.error,
-                     "quarantined_to": f.quarantined_to} for f in store.queue.recent_failures(5)]
-        active = store.models.active()
-        seen = store.runs.daemons_seen(stale_after(config))
-    finally:
-        store.close()
-    running = StoreLock(config.store.url).held_elsewhere() if sqlite_path(config.store.url) else bool(seen)
-    paused = "; ".join(f"{worker}: {why}" if len(seen) > 1 else why for worker, why in seen if why) or None
-    return {"running": running, "paused": paused if running else None, **counts,
-            "model": active.name if active else config.model.checkpoint.name, "store": redact(config.store.url),
-            "recent_failures": failures, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

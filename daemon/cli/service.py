@@ -48,7 +48,7 @@ def status(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption = 
     """
     import json
 
-    from daemon.app import status as daemon_status
+    from daemon.status import status as daemon_status
 
     state = daemon_status(config_of(ctx, store))
     if as_json:

@@ -15,5 +15,6 @@ Helpers, imported where used (bench/ uses them too):
 - photos: photo makers, delivery into a watched folder, the mask check;
 - faults: mounts, full disks, a held store lock;
 - models: model fixtures (`write_random_base`);
+- store: `fill`, a store with processed photos in it;
 - each_alone: `python -m tests.support.each_alone [FILES]` runs each test in a process of its own.
 """
