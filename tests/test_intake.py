@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -185,6 +186,28 @@ def test_crack_length_width_and_severity_in_pixels_and_millimetres():
     assert m["max_width_mm"] == pytest.approx(3.5, abs=0.2) and m["severity"] == "medium"
     assert m["components"] == 1 and m["mean_confidence"] == pytest.approx(0.8)
     assert m["area_pct"] == pytest.approx(100 * mask.mean())
+
+
+def test_cracks_measured_piece_by_piece_give_the_figures_of_the_whole_mask():
+    """Each component is thinned inside its own box; the sum of lengths and the widest point must be what
+    thinning the whole mask gives, for pieces that nearly touch, touch the border, or cross each other's box."""
+    from skimage.morphology import skeletonize
+
+    from daemon.measure import crack_lines, skeleton_length
+
+    mask = np.zeros((200, 260), bool)
+    mask[0:9, 0:120] = True  # on the top border, 9 px wide
+    mask[11:14, 0:200] = True  # one background row below it
+    line = cv2.line(np.zeros_like(mask, np.uint8), (20, 190), (250, 40), 1, thickness=5)  # diagonal
+    mask |= line > 0
+    mask[150:160, 200:212] = True  # a blob inside the diagonal's box, not touching it
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    assert n - 1 == 4
+    whole = skeletonize(mask)
+    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    length, width = crack_lines(labels, stats)
+    assert length == pytest.approx(skeleton_length(whole), rel=1e-9)
+    assert width == pytest.approx(2.0 * float(dist[whole].max()) - 1.0, rel=1e-5)
 
 
 def test_no_crack_measures_zero_and_taping_reports_coverage():
