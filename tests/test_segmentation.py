@@ -247,3 +247,12 @@ def test_iou_is_per_image_and_both_empty_scores_one():
     assert s["miou"] == pytest.approx((25 / 75 + 1) / 2)
     assert s["dice"] == pytest.approx((50 / 100 + 1) / 2)
     assert s["pooled_iou"] == pytest.approx(25 / 75)
+
+
+def test_every_registered_backend_name_builds_the_class_that_carries_it():
+    """A card's `backend` names its class in the registry; a typo in the table would load the wrong model."""
+    from model.backends import BACKENDS, backend_class
+
+    assert {name: backend_class(name).backend for name in BACKENDS} == {name: name for name in BACKENDS}
+    with pytest.raises(CheckpointError, match="unknown backend 'yolo'; valid backends: clipseg, compact"):
+        backend_class("yolo")
