@@ -117,7 +117,9 @@ def test_sigkill_at_random_moments_while_photos_arrive_loses_nothing_and_repeats
             time.sleep(rng.uniform(0.0, 1.2))
             d.kill()
             kills += 1
-        d.start()
+        # up before the SIGTERM below: every photo may be done already, and a SIGTERM during the imports,
+        # before the daemon's handler exists, ends the process by the signal instead of a clean stop
+        d.start(wait=True)
         d.wait_for("every photo done", lambda: d.done() == len(shas), timeout=180)
         time.sleep(1.5)  # nothing more may happen
         d.proc.send_signal(signal.SIGTERM)
