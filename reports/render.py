@@ -286,7 +286,7 @@ def render_report(summary: dict, out_dir: Path, self_contained: bool = False) ->
                         "title": ctx["title"], "photos": num(ctx["totals"]["photos"]),
                         "crack_share": pct(ctx["totals"]["crack_share_pct"])}
     write_atomic(out_dir / INDEX_DATA, json.dumps(known, indent=1, sort_keys=True).encode("utf-8"))
-    render_index(out_dir)
+    render_index(out_dir, known)
     return path
 
 
@@ -315,11 +315,12 @@ def _read_entries(out_dir: Path) -> dict[str, dict]:
     return entries if isinstance(entries, dict) else {}
 
 
-def render_index(out_dir: Path) -> Path:
-    """Write out_dir/index.html listing every report there, newest first; the index's path."""
+def render_index(out_dir: Path, known: dict[str, dict] | None = None) -> Path:
+    """Write out_dir/index.html listing every report there, newest first; the index's path. `known`: the
+    entries of index.json when the caller has them in hand (it just wrote them), else they are read."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    known = _read_entries(out_dir)
+    known = _read_entries(out_dir) if known is None else known
     entries = [e for p in sorted(out_dir.glob("*.html")) if (e := _entry(p, known)) is not None]
     entries.sort(key=lambda e: (e["kind"], e["site"] is not None, e["site"] or ""))  # all sites first
     entries.sort(key=lambda e: e["date"], reverse=True)  # stable: keeps the order above within a day
