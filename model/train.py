@@ -271,11 +271,16 @@ def resume_settings(out: Path, **changes) -> TrainSettings:
 
 
 def _init_from(model: Segmenter, folder: Path, device: torch.device) -> None:
-    """Copy the weights of a checkpoint that fit `model` (same name and shape); new parts keep their init."""
+    """Copy the weights of a checkpoint that fit `model` (same name and shape); new parts keep their init.
+
+    Encoder weights are copied only between the same encoder: Lite0's trained blocks dropped into the
+    first blocks of a deeper Lite1 would break the pretrained Lite1 around them."""
     source, _ = load_checkpoint(folder, device)
     theirs = source.trainable_state()
     ours = model.trainable_state()
-    fitting = [k for k, v in ours.items() if k in theirs and theirs[k].shape == v.shape]
+    same_encoder = source.settings.get("encoder") == model.settings.get("encoder")
+    fitting = [k for k, v in ours.items() if k in theirs and theirs[k].shape == v.shape
+               and (same_encoder or not k.startswith("encoder."))]
     if not fitting:
         raise CheckpointError(f"--init {folder}: none of its weights fit a {model.backend} model with these settings")
     with torch.no_grad():
