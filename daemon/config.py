@@ -269,18 +269,19 @@ def load_config(path: Path, missing_ok: bool = False) -> Config:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
-    """Make every relative path relative to the config file's folder."""
+    """Expand `~`, and make every other relative path relative to the config file's folder."""
 
     def fix(model: BaseModel) -> BaseModel:
         updates = {}
         for name in type(model).model_fields:
             value = getattr(model, name)
             if isinstance(value, Path) and name != "source":
+                value = value.expanduser()
                 updates[name] = value if value.is_absolute() else base / value
             elif isinstance(value, BaseModel):
                 updates[name] = fix(value)
             elif isinstance(value, list) and value and isinstance(value[0], Path):
-                updates[name] = [v if v.is_absolute() else base / v for v in value]
+                updates[name] = [v.expanduser() if v.expanduser().is_absolute() else base / v for v in value]
             elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
                 updates[name] = [fix(v) for v in value]
         return model.model_copy(update=updates)

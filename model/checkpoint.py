@@ -93,8 +93,10 @@ def read_card(folder: Path) -> Card:
         raise CheckpointError(f"{path}: unreadable checkpoint card ({exc}); re-export the checkpoint") from None
 
 
-def load_checkpoint(folder: Path, device: str | torch.device = "cpu") -> tuple[Segmenter, Card]:
-    """The model of a checkpoint folder, on `device`, in eval mode, and its card."""
+def load_checkpoint(folder: Path, device: str | torch.device = "cpu", runtime: str = "eager",
+                    cache: Path | None = None) -> tuple[Segmenter, Card]:
+    """The model of a checkpoint folder, on `device`, in eval mode, and its card. On a CPU, `runtime` "auto"
+    or "onnx" compiles it (model/runtime.py; exports cached in `cache`) for every input side its tasks run at."""
     import torch
     from safetensors.torch import load_file
 
@@ -125,4 +127,9 @@ def load_checkpoint(folder: Path, device: str | torch.device = "cpu") -> tuple[S
         model.inference = {t: TaskInference(**v) for t, v in card.inference.items()}
     except TypeError as exc:
         raise CheckpointError(f"{folder / CARD}: inference: {exc}; re-export the checkpoint") from None
-    return model.to(resolve_device(device) if isinstance(device, str) else device).eval(), card
+    model = model.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    if runtime != "eager":
+        from model.runtime import use_runtime
+
+        use_runtime(model, runtime, cache, model.input_sides)
+    return model, card

@@ -14,6 +14,7 @@ this module imports neither them nor the checkpoint code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -44,6 +45,8 @@ class Segmenter(nn.Module):
         self.inference: dict[str, TaskInference] = {}  # per task: input size and mask clean-up
         self.prompts: dict[str, list[str]] = {}
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        # a compiled graph of the eval weights (model/runtime.py), used for CPU inference; training drops it
+        self.compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     # --- what each backend provides -----------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -87,6 +90,16 @@ class Segmenter(nn.Module):
         """
         self._prompt_cache[prompt] = self.embed_prompts([runs_as])[0]
 
+    def train(self, mode: bool = True) -> Segmenter:
+        if mode:
+            self.compiled = None  # a snapshot of weights that training is about to change
+        return super().train(mode)
+
+    @property
+    def runtime(self) -> str:
+        """What runs inference on a CPU: "onnx" (a compiled graph) or "eager" (PyTorch)."""
+        return "eager" if self.compiled is None else "onnx"
+
     def _apply(self, fn, recurse=True):  # noqa: D401 - keep the prompt cache on the model's device
         self._prompt_cache.clear()
         return super()._apply(fn, recurse)
@@ -118,16 +131,24 @@ class Segmenter(nn.Module):
         x = torch.from_numpy(np.stack(batch)).to(self.device)
         return x.permute(0, 3, 1, 2).float()
 
+    def prompt_logits(self, pixels: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """(B, P, h, w) logits of every image under every prompt embedding `emb` (P, D): each image encoded
+        once, then decoded for all its prompts in one batch of B * P. The graph `model/runtime.py` compiles."""
+        b, p = pixels.shape[0], emb.shape[0]
+        features = [f.unsqueeze(1).expand(b, p, *f.shape[1:]).flatten(0, 1) for f in self.encode_image(pixels)]
+        logits = self.decode(features, emb.unsqueeze(0).expand(b, p, emb.shape[1]).flatten(0, 1))
+        return logits.reshape(b, p, *logits.shape[-2:])
+
     @torch.inference_mode()
     def predict_logits(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """(B, P, h, w) logits: each image encoded once, each prompt decoded against it."""
+        emb = self.embed_prompts(prompts)
+        if self.compiled is not None and not pixels.is_cuda:
+            return self.compiled(pixels, emb)
         # on a GPU, half precision (bf16 where supported): about twice the images per second and memory
         half = torch.bfloat16 if pixels.is_cuda and torch.cuda.is_bf16_supported() else torch.float16
         with torch.autocast(device_type="cuda", dtype=half, enabled=pixels.is_cuda):
-            features = self.encode_image(pixels)
-            emb = self.embed_prompts(prompts)
-            b = pixels.shape[0]
-            return torch.cat([self.decode(features, emb[i].expand(b, -1)) for i in range(len(prompts))], dim=1)
+            return self.prompt_logits(pixels, emb)
 
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:
@@ -162,6 +183,12 @@ class Segmenter(nn.Module):
     def mask(self, prob: np.ndarray, prompt: str) -> np.ndarray:
         """The uint8 {0, 255} mask of one prompt's probability map: its task's threshold and clean-up."""
         return to_mask(prob, self.threshold(prompt), self.task_inference(prompt))
+
+    @property
+    def input_sides(self) -> list[int]:
+        """Every input side the model runs at: each task's, and the default one for free prompts."""
+        return sorted({self.inference.get(t, TaskInference()).input_size or self.input_size for t in self.prompts}
+                      | {self.input_size})
 
     @property
     def largest_input_size(self) -> int:

@@ -15,7 +15,7 @@ from daemon.store import Store
 from tests.support.store import fill
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "torchvision", "timm", "transformers", "cv2")
+HEAVY = ("torch", "torchvision", "timm", "transformers", "cv2", "onnxruntime", "onnx")
 
 # `python -c PROBE ARGS HEAVY`: runs the real entry point with ARGS, then prints its exit code and which
 # of HEAVY it imported

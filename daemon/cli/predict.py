@@ -37,7 +37,8 @@ def predict(
     images, problems = find_images(paths)
     prompts = prompt or list(config.prompts.canonical.values())
     resolved = resolve_prompts(prompts, read_card(ckpt).prompts, config.prompts.by_task)
-    model, _ = load_checkpoint(ckpt, device or config.model.device)
+    model, _ = load_checkpoint(ckpt, device or config.model.device, config.model.runtime,
+                               config.model.compiled_cache)
     teach(model, resolved)  # a paraphrase runs as its task's canonical prompt, masks keep its words
     written = 0
     for _ in track(export_masks(model, images, out_dir, prompts, overlay, config.model.batch_size, problems),

@@ -133,7 +133,7 @@ def evaluate(
         raise ConfigError(f"--data {data}: no labeled images of {task.value}{where}; check the folder and --split")
     prompts = prompt or config.prompts.for_task(task.value).all
     resolved = resolve_prompts(prompts, read_card(ckpt).prompts, config.prompts.by_task)
-    model, _ = load_checkpoint(ckpt, device or config.model.device)
+    model, _ = load_checkpoint(ckpt, device or config.model.device, config.model.runtime, config.model.compiled_cache)
     teach(model, resolved)  # a paraphrase runs as its task's canonical prompt, results keep its words
     if input_size:
         model.set_input_size(input_size)

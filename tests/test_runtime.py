@@ -1,0 +1,126 @@
+"""The compiled inference runtime (model/runtime.py): the same masks as eager PyTorch, compiled once per
+checkpoint, never stale, and a clear fallback when compiling is not possible."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.errors import CheckpointError
+from model.images import decode
+from tests.support.datasets import CRACKS, DRYWALL, REPO, need_shared, real_photos
+
+PROMPTS = ["segment crack", "segment taping area"]
+
+
+@pytest.fixture(scope="session")
+def compiled_cache(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A compiled-graph cache holding the tiny checkpoint's graph: exporting costs seconds, so once a session."""
+    cache = tmp_path_factory.mktemp("compiled")
+    load_checkpoint(tiny_checkpoint, "cpu", "onnx", cache)
+    return cache
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a > 0, b > 0).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a > 0, b > 0).sum() / union)
+
+
+def test_compiled_shipped_model_gives_the_eager_masks_on_real_photos(tmp_path):
+    need_shared()
+    folder = REPO / "model" / "weights" / "compact-v2"
+    eager, _ = load_checkpoint(folder, "cpu")
+    compiled, _ = load_checkpoint(folder, "cpu", "onnx", tmp_path / "cache")
+    assert (eager.runtime, compiled.runtime) == ("eager", "onnx")
+    photos = real_photos(CRACKS / "valid", 3) + real_photos(DRYWALL / "valid", 3)
+    for photo in photos:
+        rgb = decode(photo, 2 * compiled.largest_input_size).rgb
+        for i, prompt in enumerate(PROMPTS):
+            a = eager.mask(eager.predict([rgb], PROMPTS)[0][i], prompt)
+            b = compiled.mask(compiled.predict([rgb], PROMPTS)[0][i], prompt)
+            assert iou(a, b) >= 0.995, (photo.name, prompt)
+
+
+def test_the_compiled_graph_has_batch_norm_folded_and_static_padding(compiled_cache):
+    [graph] = list(compiled_cache.glob("*.onnx"))
+    ops = {node.op_type for node in onnx.load(graph).graph.node}
+    assert "Conv" in ops and not ops & {"BatchNormalization", "Pad"}
+
+
+def test_the_compiled_graph_takes_any_batch_and_any_number_of_prompts(tiny_checkpoint, compiled_cache):
+    eager, _ = load_checkpoint(tiny_checkpoint, "cpu")
+    compiled, _ = load_checkpoint(tiny_checkpoint, "cpu", "onnx", compiled_cache)
+    torch.manual_seed(0)
+    for batch, prompts in ((1, PROMPTS[:1]), (3, [*PROMPTS, "segment wall crack"])):
+        pixels = torch.rand(batch, 3, 128, 128) * 255
+        want = eager.predict_logits(pixels, prompts)
+        got = compiled.predict_logits(pixels, prompts)
+        assert got.shape == want.shape == (batch, len(prompts), *want.shape[-2:])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_restart_loads_the_cached_graph_without_compiling_again(tiny_checkpoint, compiled_cache, monkeypatch):
+    first, _ = load_checkpoint(tiny_checkpoint, "cpu", "onnx", compiled_cache)
+    cached = sorted(compiled_cache.glob("*.onnx"))
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    again, _ = load_checkpoint(tiny_checkpoint, "cpu", "onnx", compiled_cache)
+    assert again.runtime == "onnx" and sorted(compiled_cache.glob("*.onnx")) == cached
+    pixels = torch.rand(1, 3, 128, 128) * 255
+    torch.testing.assert_close(again.predict_logits(pixels, PROMPTS), first.predict_logits(pixels, PROMPTS))
+
+
+def test_other_weights_are_compiled_afresh_not_served_from_the_cache(tiny_checkpoint, compiled_cache, tmp_path):
+    import shutil
+
+    from model.checkpoint import read_card, save_checkpoint
+
+    shutil.copytree(compiled_cache, tmp_path / "cache")  # a cache of its own: the assertion counts its files
+
+    model, _ = load_checkpoint(tiny_checkpoint, "cpu")
+    with torch.no_grad():
+        model.head.bias += 1.0
+    other = save_checkpoint(model, tmp_path / "other", read_card(tiny_checkpoint))
+    a, _ = load_checkpoint(tiny_checkpoint, "cpu", "onnx", tmp_path / "cache")
+    b, _ = load_checkpoint(other, "cpu", "onnx", tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) == 2
+    pixels = torch.rand(1, 3, 128, 128) * 255
+    difference = b.predict_logits(pixels, PROMPTS) - a.predict_logits(pixels, PROMPTS)
+    torch.testing.assert_close(difference, torch.ones_like(difference), atol=1e-4, rtol=0)
+
+
+def test_training_drops_the_compiled_graph_so_it_never_serves_old_weights(tiny_checkpoint, compiled_cache):
+    model, _ = load_checkpoint(tiny_checkpoint, "cpu", "auto", compiled_cache)
+    assert model.runtime == "onnx"
+    model.train()
+    assert model.runtime == "eager"
+    model.eval()
+    assert model.runtime == "eager"
+
+
+def test_auto_runs_eager_and_says_why_when_compiling_fails(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    import model.runtime
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(model.runtime, "export_graph", broken)
+    with caplog.at_level(logging.WARNING):
+        auto, _ = load_checkpoint(tiny_checkpoint, "cpu", "auto", tmp_path)
+    assert auto.runtime == "eager" and "exporter exploded" in caplog.text
+    with pytest.raises(CheckpointError, match="model.runtime onnx: .*exporter exploded.*set model.runtime"):
+        load_checkpoint(tiny_checkpoint, "cpu", "onnx", tmp_path)
+
+
+def test_eager_runtime_never_compiles(tiny_checkpoint, tmp_path):
+    model, _ = load_checkpoint(tiny_checkpoint, "cpu", "eager", tmp_path)
+    assert model.runtime == "eager" and not list(Path(tmp_path).glob("*.onnx"))
