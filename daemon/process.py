@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -41,8 +40,7 @@ from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreErro
 from model.checkpoint import load_checkpoint
 from model.errors import QAError
 from model.images import Decoded, decode
-from model.masks import write_masks, write_overlay
-from model.postprocess import binary_mask
+from model.masks import at_size, write_masks, write_overlay
 from model.segmenter import Segmenter
 
 log = logging.getLogger("qa-daemon")
@@ -56,7 +54,7 @@ def warm_up(model: Segmenter, config: Config) -> None:
 
 def load_warm(checkpoint: Path, device, config: Config) -> Segmenter:
     """A checkpoint's model, loaded and warmed up: raises what loading raises (QAError, OSError, RuntimeError)."""
-    model, _ = load_checkpoint(checkpoint, device)
+    model, _ = load_checkpoint(checkpoint, device, config.model.runtime, config.model.compiled_cache)
     warm_up(model, config)
     return model
 
@@ -233,8 +231,7 @@ class Processor(threading.Thread):
         for prompt, prob in zip(self.prompts.values(), probs, strict=True):
             work = self.model.mask(prob, prompt)
             masks.append(work)
-            fulls.append(work if (w, h) == (work.shape[1], work.shape[0]) else
-                         binary_mask(cv2.resize(work, (w, h), interpolation=cv2.INTER_LINEAR), 127))
+            fulls.append(at_size(work, (w, h)))
         paths = write_masks(out_dir, job.image_id, list(self.prompts.values()), fulls)
         detections = []
         for (task, prompt), prob, work, full, path in zip(self.prompts.items(), probs, masks, fulls, paths,

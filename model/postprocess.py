@@ -38,16 +38,21 @@ def clean(mask: np.ndarray, min_area: float = 0.0, fill_boxes: bool = False) -> 
     """Drop components under `min_area` (share of the image) and optionally fill each to its box; {0, 255}."""
     if not min_area and not fill_boxes:
         return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    if n <= 1:
+    on = (mask > 0).astype(np.uint8)
+    x0, y0, w, h = cv2.boundingRect(on)
+    if not w:
         return mask
+    # every component lies inside the mask's bounding box, so labelling only the box finds the same ones;
+    # OpenCV's per-pixel statistics cost about 3 ms over a whole 896 px mask, mostly background
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(on[y0: y0 + h, x0: x0 + w], connectivity=8)
     keep = stats[1:, cv2.CC_STAT_AREA] >= min_area * mask.size
+    out = np.zeros(mask.shape, np.uint8)
     if not fill_boxes:
-        return np.where(np.concatenate([[False], keep])[labels], np.uint8(255), np.uint8(0))
-    out = np.zeros_like(mask)
-    for (x, y, w, h, _), k in zip(stats[1:], keep, strict=True):
+        out[y0: y0 + h, x0: x0 + w] = np.where(np.concatenate([[False], keep])[labels], np.uint8(255), np.uint8(0))
+        return out
+    for (x, y, bw, bh, _), k in zip(stats[1:], keep, strict=True):
         if k:
-            out[y: y + h, x: x + w] = 255
+            out[y0 + y: y0 + y + bh, x0 + x: x0 + x + bw] = 255
     return out
 
 

@@ -109,7 +109,7 @@ def test_a_full_outputs_disk_pauses_work_records_it_and_uses_no_attempts(setup, 
     root, store, processor = setup
     queue(store, root, photo(root / "a.jpg"))
 
-    def full(path, image):
+    def full(path, *_):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(masks, "write_png", full)
