@@ -8,11 +8,12 @@
 3. decoding a 4000x3000 JPEG to the working resolution, with and without draft mode;
 4. training throughput: the real training loop with config.yaml's recipe on the prepared data;
 5. the daemon's peak resident memory;
-6. `qa-daemon status` on a store of 500 processed photos, a fresh process each time.
+6. `qa-daemon status` on a store of 500 processed photos, a fresh process each time;
+7. start-up: launch of `qa-daemon run` to its first photo processed, a photo already waiting (bench/daemon.py).
 
 `--json` prints one object: photos_per_s_640, photos_per_s_4000x3000, p95_latency_s_640 (steady
-1 photo/s), shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, status_s, hardware,
-and the details. Needs ../shared/datasets for real photos.
+1 photo/s), shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, status_s,
+startup_s, hardware, and the details. Needs ../shared/datasets for real photos.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=e2e.REPO / "data" / "prepared",
                     help="prepared data for the training figure (qa-daemon prep)")
     args = ap.parse_args()
-    n = {"photos": 12, "large": 4, "steady": 5, "runs": 3, "train": 6} if args.quick else \
-        {"photos": 60, "large": 20, "steady": 30, "runs": 10, "train": 40}
+    n = {"photos": 12, "large": 4, "steady": 5, "runs": 3, "train": 6, "startups": 2} if args.quick else \
+        {"photos": 60, "large": 20, "steady": 30, "runs": 10, "train": 40, "startups": 5}
 
     model, _ = load_checkpoint(args.checkpoint, args.device)
     inference = model_only(model, n["runs"])
@@ -110,7 +111,7 @@ def main() -> None:
     del model
     training = train_throughput(n["train"], args.prepared)
     status = status_time(n["runs"])
-    daemon = e2e.run(n["photos"], n["large"], n["steady"], args.checkpoint, args.device, 8)
+    daemon = e2e.run(n["photos"], n["large"], n["steady"], args.checkpoint, args.device, 8, n["startups"])
     b = daemon["bursts"]
     report = {
         "photos_per_s_640": b["640x640"]["photos_per_s"],
@@ -121,6 +122,7 @@ def main() -> None:
         "train_images_per_s": training.get("train_images_per_s"),
         "peak_rss_mb": daemon["peak_rss_mb"],
         "status_s": status["status_s"],
+        "startup_s": daemon["startup"]["startup_s"],
         "hardware": e2e.hardware(), "device": args.device, "torch_threads": torch.get_num_threads(),
         "quick": args.quick, "details": {"daemon": daemon, "inference": inference, "decode": decoding,
                                          "training": training, "status": status},
@@ -130,7 +132,7 @@ def main() -> None:
         return
     print(f"hardware: {report['hardware']}, device {args.device}, {report['torch_threads']} torch threads")
     for key in ("photos_per_s_640", "photos_per_s_4000x3000", "p95_latency_s_640", "shared_encoding_speedup",
-                "draft_decode_speedup", "train_images_per_s", "peak_rss_mb", "status_s"):
+                "draft_decode_speedup", "train_images_per_s", "peak_rss_mb", "status_s", "startup_s"):
         print(f"  {key:<26} {report[key]}")
     print(json.dumps(report["details"], indent=2))
 

@@ -14,9 +14,12 @@ Threads, each taking the config and the one stop event:
 
 The queue is the store's `jobs` table, so it survives any crash: at start, jobs left
 running go back to pending, and the first rescan finds files that arrived (or were
-not yet recorded) while the daemon was down. `start()` goes lock, store, model,
-processor, intake, watcher, heartbeat, scheduler; `stop()` undoes that in reverse, letting the
-processor finish the batch in hand. Signals only set a flag the main thread polls.
+not yet recorded) while the daemon was down. `start()` goes lock, store, intake, watcher,
+heartbeat (and take-over), model, processor, scheduler; `stop()` undoes that in reverse, letting
+the processor finish the batch in hand. Loading the model is the slow part of a start (importing
+torch and the model code, reading the checkpoint, one warm-up pass), so photos are found and
+recorded meanwhile and the processor starts with its queue filled. Signals only set a flag the
+main thread polls.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,16 +39,17 @@ from daemon.config import Config, ConfigError
 from daemon.days import today_start_utc
 from daemon.intake import IntakeWorker
 from daemon.paths import present
-from daemon.process import Processor, load_warm
-from daemon.schedule import Scheduler
 from daemon.settle import Settler
 from daemon.space import Space
 from daemon.status import stale_after
 from daemon.store import FailureStage, ModelVersion, Store, StoreLock, redact, sqlite_path, worker_name
 from daemon.watcher import Watcher
-from model.checkpoint import read_card, weights_sha256
+from model.checkpoint import Card, read_card, weights_sha256
 from model.errors import QAError
-from model.segmenter import Segmenter
+
+if TYPE_CHECKING:  # torch, OpenCV and the model code: `start()` imports them once intake and the watcher run
+    from daemon.schedule import Scheduler
+    from model.segmenter import Segmenter
 
 log = logging.getLogger("qa-daemon")
 
@@ -155,39 +160,48 @@ class App:
         if not any(present(r) for r in roots):
             raise ConfigError(f"{config.source}: watch.roots: none of {', '.join(map(str, roots))} exists; "
                               "create the folder, fix the path, or pass --watch DIR")
+        card = read_card(config.model.checkpoint)  # a missing checkpoint stops the start before anything runs
         self.lock.acquire()
         self.store = Store.open(config.store.url)
         self.store.runs.beat(self.worker)
-        version, model = self.startup_model()
         space = Space(config.outputs.dir, config.outputs.min_free_mb,
                       pause_recorder(self.store, self.worker, config.outputs.dir))
         settler = Settler(config.watch.settle_s, config.watch.retry_backoff_s, config.watch.max_attempts,
                           config.watch.incomplete_after_s)
-        # alone on a SQLite file every running job is ours to requeue; on a shared server, only a silent daemon's
-        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots, space,
-                              recover_stale_s=None if self.exclusive else self.stale_s)
         intake = IntakeWorker(config, self.stop_event, self.store, settler, self.work_ready, space)
         self.watcher = Watcher(config, self.stop_event, self.store, settler)
         heartbeat = Heartbeat(config, self.stop_event, self.store, settler, self.watcher, space, self.worker)
-        self.threads = [processor, intake, self.watcher, heartbeat]
+        self.threads = [intake, self.watcher, heartbeat]
         if not self.exclusive:
             self.threads.append(TakeOver(config, self.stop_event, self.store, self.stale_s))
         for t in self.threads:
             t.start()
+        log.info("watching %s; loading the model", ", ".join(map(str, roots)))
+
+        version, model = self.startup_model(card)  # seconds: the start-up rescan and intake run meanwhile
+        from daemon.process import Processor
+        from daemon.schedule import Scheduler
+
+        # alone on a SQLite file every running job is ours to requeue; on a shared server, only a silent daemon's
+        processor = Processor(config, self.stop_event, self.store, model, version.id, self.work_ready, roots, space,
+                              recover_stale_s=None if self.exclusive else self.stale_s)
+        self.threads.append(processor)
+        processor.start()
         self.scheduler = Scheduler(config, self.store)
         self.scheduler.start()
-        log.info("qa-daemon started: model %s (%s, input %d, %s), watching %s (%s), store %s, outputs %s",
-                 version.name, version.backend, model.input_size, model.device,
+        log.info("qa-daemon started: model %s (%s, input %d, %s, %s runtime), watching %s (%s), store %s, "
+                 "outputs %s", version.name, version.backend, model.input_size, model.device, model.runtime,
                  ", ".join(map(str, roots)), "polling" if config.watch.polling else "events",
                  redact(config.store.url), config.outputs.dir)
 
-    def startup_model(self) -> tuple[ModelVersion, Segmenter]:
-        """The store's active model version, loaded and warmed up. A promoted version that cannot be loaded
-        is marked rejected and the configured checkpoint runs instead; a configured checkpoint that cannot be
-        loaded is the user's to fix (one clear error, exit 2)."""
+    def startup_model(self, card: Card) -> tuple[ModelVersion, Segmenter]:
+        """The store's active model version, loaded and warmed up (`card`: the configured checkpoint's). A
+        promoted version that cannot be loaded is marked rejected and the configured checkpoint runs instead; a
+        configured checkpoint that cannot be loaded is the user's to fix (one clear error, exit 2)."""
+        from daemon.process import load_warm  # the first import of torch and the model code
+
         config, store = self.config, self.store
         configured = config.model.checkpoint
-        card = read_card(configured)
         digest = weights_sha256(configured)
         version = store.models.startup(configured, card.backend, digest, asdict(card))
         if Path(version.path) != configured:
