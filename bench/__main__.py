@@ -3,22 +3,27 @@
     uv run python -m bench [--quick] [--json]
 
 1. end to end: a real `qa-daemon run` with the shipped model; a burst of real 640x640 photos, a burst
-   of 4000x3000 photos, and 640x640 photos sent one per second (bench/daemon.py);
-2. model only: both prompts with one shared image encoding against one full pass per prompt;
+   of 4000x3000 photos, and 640x640 photos sent one per second (bench/daemon.py); then the 640x640
+   burst again through a daemon with `model.runtime: eager`, for the compiled path's speed-up;
+2. model only: both prompts on one photo, eager PyTorch against the compiled graph (bench/runtime.py),
+   and one shared image encoding against one full pass per prompt; finishing a photo (masks,
+   overlay, measures) at 640x640 and at 12 MP (bench/finishing.py);
 3. decoding a 4000x3000 JPEG to the working resolution, with and without draft mode;
 4. training throughput: the real training loop with config.yaml's recipe on the prepared data;
 5. the daemon's peak resident memory;
 6. `qa-daemon status` on a store of 500 processed photos, a fresh process each time;
 7. start-up: launch of `qa-daemon run` to its first photo processed, a photo already waiting (bench/daemon.py).
 
-`--json` prints one object: photos_per_s_640, photos_per_s_4000x3000, p95_latency_s_640 (steady
-1 photo/s), shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, status_s,
+`--json` prints one object: photos_per_s_640, photos_per_s_640_eager, compiled_speedup,
+photos_per_s_4000x3000, p95_latency_s_640 (steady 1 photo/s), model_ms (per runtime), finish_ms_640,
+finish_ms_12mp, shared_encoding_speedup, draft_decode_speedup, train_images_per_s, peak_rss_mb, status_s,
 startup_s, hardware, and the details. Needs ../shared/datasets for real photos.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -30,7 +35,9 @@ from pathlib import Path
 import torch
 
 from bench import daemon as e2e
+from bench import finishing
 from bench.inference import measure as model_only
+from bench.runtime import model_ms as runtime_ms
 from model import SHIPPED_CHECKPOINT
 from model.checkpoint import load_checkpoint
 from model.images import decode, fit_within
@@ -66,7 +73,8 @@ def train_throughput(steps: int, prepared: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         settings = config.train_settings(prepared=prepared, out=Path(tmp) / "run", epochs=1, steps_per_epoch=steps,
                                          max_val_images=2, progress=False)
-        train(settings)
+        with contextlib.redirect_stdout(sys.stderr):  # the loop's epoch lines; stdout carries --json
+            train(settings)
         with (Path(tmp) / "run" / "log.csv").open() as fh:
             row = next(csv.DictReader(fh))
     return {"batch": settings.batch_size, "crop": settings.augment.crop_size, "steps": steps,
@@ -108,15 +116,25 @@ def main() -> None:
     model, _ = load_checkpoint(args.checkpoint, args.device)
     inference = model_only(model, n["runs"])
     decoding = draft_decode(n["runs"], 2 * model.input_size)
-    del model
+    with tempfile.TemporaryDirectory() as tmp:  # eager against compiled, interleaved in one loop
+        compiled, _ = load_checkpoint(args.checkpoint, args.device, "auto", Path(tmp))
+        runtimes = {"eager": model, compiled.runtime: compiled} if compiled.runtime != "eager" else {"eager": model}
+        inference["model_ms"] = runtime_ms(runtimes, 2 * n["runs"])
+        del model, compiled, runtimes
+    finish = finishing.run(*((4, 2, 2) if args.quick else (12, 6, 5)), None, args.checkpoint)
     training = train_throughput(n["train"], args.prepared)
     status = status_time(n["runs"])
     daemon = e2e.run(n["photos"], n["large"], n["steady"], args.checkpoint, args.device, 8, n["startups"])
+    eager = e2e.run(n["photos"], 0, 0, args.checkpoint, args.device, 8, 0, runtime="eager")
     b = daemon["bursts"]
     report = {
         "photos_per_s_640": b["640x640"]["photos_per_s"],
+        "photos_per_s_640_eager": eager["bursts"]["640x640"]["photos_per_s"],
+        "compiled_speedup": round(b["640x640"]["photos_per_s"] / eager["bursts"]["640x640"]["photos_per_s"], 2),
         "photos_per_s_4000x3000": b["4000x3000"]["photos_per_s"],
         "p95_latency_s_640": b["steady_640x640"]["p95_latency_s"],
+        "model_ms": inference["model_ms"],
+        "finish_ms_640": finish["finish_ms_640"], "finish_ms_12mp": finish["finish_ms_12mp"],
         "shared_encoding_speedup": inference["shared_encoding_speedup"],
         "draft_decode_speedup": decoding["draft_decode_speedup"],
         "train_images_per_s": training.get("train_images_per_s"),
@@ -124,14 +142,16 @@ def main() -> None:
         "status_s": status["status_s"],
         "startup_s": daemon["startup"]["startup_s"],
         "hardware": e2e.hardware(), "device": args.device, "torch_threads": torch.get_num_threads(),
-        "quick": args.quick, "details": {"daemon": daemon, "inference": inference, "decode": decoding,
-                                         "training": training, "status": status},
+        "quick": args.quick, "details": {"daemon": daemon, "daemon_eager": eager, "inference": inference,
+                                         "finishing": finish, "decode": decoding, "training": training,
+                                         "status": status},
     }
     if args.json:
         print(json.dumps(report))
         return
     print(f"hardware: {report['hardware']}, device {args.device}, {report['torch_threads']} torch threads")
-    for key in ("photos_per_s_640", "photos_per_s_4000x3000", "p95_latency_s_640", "shared_encoding_speedup",
+    for key in ("photos_per_s_640", "photos_per_s_640_eager", "compiled_speedup", "photos_per_s_4000x3000",
+                "p95_latency_s_640", "model_ms", "finish_ms_640", "finish_ms_12mp", "shared_encoding_speedup",
                 "draft_decode_speedup", "train_images_per_s", "peak_rss_mb", "status_s", "startup_s"):
         print(f"  {key:<26} {report[key]}")
     print(json.dumps(report["details"], indent=2))

@@ -65,7 +65,7 @@ def int8_graph(model: Segmenter, rows: list, folder: Path) -> OnnxGraph:
 
     quantize_static(str(prepped), str(int8), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    graph = OnnxGraph(model, folder, torch.get_num_threads())
+    graph = OnnxGraph(folder, "int8", torch.get_num_threads())
     graph.sessions[side] = graph.ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     return graph
 

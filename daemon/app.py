@@ -49,7 +49,7 @@ from model.errors import QAError
 
 if TYPE_CHECKING:  # torch, OpenCV and the model code: `start()` imports them once intake and the watcher run
     from daemon.schedule import Scheduler
-    from model.segmenter import Segmenter
+    from model.segmenter import Predictor
 
 log = logging.getLogger("qa-daemon")
 
@@ -194,7 +194,7 @@ class App:
                  ", ".join(map(str, roots)), "polling" if config.watch.polling else "events",
                  redact(config.store.url), config.outputs.dir)
 
-    def startup_model(self, card: Card) -> tuple[ModelVersion, Segmenter]:
+    def startup_model(self, card: Card) -> tuple[ModelVersion, Predictor]:
         """The store's active model version, loaded and warmed up (`card`: the configured checkpoint's). A
         promoted version that cannot be loaded is marked rejected and the configured checkpoint runs instead; a
         configured checkpoint that cannot be loaded is the user's to fix (one clear error, exit 2)."""

@@ -38,28 +38,41 @@ from daemon.paths import move_into, present, quarantine, safe_part
 from daemon.space import Space, no_space
 from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreError, worker_name
 from model.checkpoint import load_checkpoint
+from model.device import resolve_device
 from model.errors import QAError
 from model.images import Decoded, decode
 from model.masks import at_size, write_masks, write_overlay
-from model.segmenter import Segmenter
+from model.segmenter import Predictor
 
 log = logging.getLogger("qa-daemon")
 
 
-def warm_up(model: Segmenter, config: Config) -> None:
+def warm_up(model: Predictor, config: Config) -> None:
     """One pass before the first photo, so the first photo's time is not the runtime's set-up."""
     prompts = [config.prompts.for_task(t).canonical for t in TASKS]
     model.predict([np.zeros((model.input_size, model.input_size, 3), np.uint8)], prompts)
 
 
-def load_warm(checkpoint: Path, device, config: Config) -> Segmenter:
-    """A checkpoint's model, loaded and warmed up: raises what loading raises (QAError, OSError, RuntimeError)."""
-    model, _ = load_checkpoint(checkpoint, device, config.model.runtime, config.model.compiled_cache)
+def load_warm(checkpoint: Path, device: str | torch.device, config: Config) -> Predictor:
+    """A checkpoint's model, loaded and warmed up; raises what loading raises (QAError, OSError, RuntimeError).
+
+    On a CPU, from the checkpoint's compiled graph in `model.compiled_cache` when it is there: no PyTorch
+    model is built, which saves seconds of start-up (model/runtime.py). Otherwise from the checkpoint,
+    which compiles it (with `model.runtime` auto or onnx) for the next start."""
+    model = None
+    on_cpu = (device if isinstance(device, torch.device) else resolve_device(device)).type == "cpu"
+    if config.model.runtime != "eager" and on_cpu:
+        from model.runtime import load_compiled
+
+        prompts = [config.prompts.for_task(t).canonical for t in TASKS]
+        model = load_compiled(checkpoint, config.model.compiled_cache, prompts, torch.get_num_threads())
+    if model is None:
+        model, _ = load_checkpoint(checkpoint, device, config.model.runtime, config.model.compiled_cache)
     warm_up(model, config)
     return model
 
 
-def gpu_batch_size(model: Segmenter, config: Config, headroom: float = 0.6) -> int:
+def gpu_batch_size(model: Predictor, config: Config, headroom: float = 0.6) -> int:
     """The largest batch (up to `model.batch_size`) that fits in `headroom` of the GPU's free memory,
     from the memory one batch of two working-size photos takes."""
     side = 2 * model.largest_input_size
@@ -79,7 +92,7 @@ def gpu_batch_size(model: Segmenter, config: Config, headroom: float = 0.6) -> i
 class Processor(threading.Thread):
     """Claims queued photos in batches and processes them; the only thread that runs the model."""
 
-    def __init__(self, config: Config, stop_event: threading.Event, store: Store, model: Segmenter,
+    def __init__(self, config: Config, stop_event: threading.Event, store: Store, model: Predictor,
                  model_version_id: int, work_ready: threading.Event, roots: list[Path], space: Space,
                  recover_stale_s: float | None = None):
         super().__init__(name="processor", daemon=True)

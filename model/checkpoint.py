@@ -28,7 +28,7 @@ from model.files import write_atomic
 if TYPE_CHECKING:
     import torch
 
-    from model.segmenter import Segmenter
+    from model.segmenter import Predictor, Segmenter
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -102,7 +102,6 @@ def load_checkpoint(folder: Path, device: str | torch.device = "cpu", runtime: s
 
     from model.backends import build
     from model.device import resolve_device
-    from model.postprocess import TaskInference
 
     card = read_card(folder)
     # "pretrained" means: load pretrained weights into the parts a checkpoint stores; here the checkpoint does
@@ -122,14 +121,22 @@ def load_checkpoint(folder: Path, device: str | torch.device = "cpu", runtime: s
     with torch.no_grad():
         for k, v in expected.items():
             v.copy_(state[k].to(v.dtype))
+    apply_card(model, card, folder)
+    model = model.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    if runtime != "eager":
+        from model.runtime import compiled_key, use_runtime
+
+        use_runtime(model, runtime, cache, compiled_key(card, weights_sha256(folder)))
+    return model, card
+
+
+def apply_card(model: Predictor, card: Card, folder: Path | None = None) -> None:
+    """Give `model` the card's thresholds, prompts and per-task inference settings."""
+    from model.postprocess import TaskInference
+
     model.thresholds, model.prompts = dict(card.thresholds), {k: list(v) for k, v in card.prompts.items()}
     try:
         model.inference = {t: TaskInference(**v) for t, v in card.inference.items()}
     except TypeError as exc:
-        raise CheckpointError(f"{folder / CARD}: inference: {exc}; re-export the checkpoint") from None
-    model = model.to(resolve_device(device) if isinstance(device, str) else device).eval()
-    if runtime != "eager":
-        from model.runtime import use_runtime
-
-        use_runtime(model, runtime, cache, model.input_sides)
-    return model, card
+        raise CheckpointError(f"{(folder or Path('checkpoint')) / CARD}: inference: {exc}; re-export the checkpoint") \
+            from None

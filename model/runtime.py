@@ -10,10 +10,12 @@ the table: batch norm folded into the convolutions, TF "same" padding constant-f
 input side, blocked (NCHWc) memory layouts in place of channels_last.
 
 The graph is `Segmenter.prompt_logits` exported at one input side, with the batch and the number of
-prompts left free. Exporting takes seconds, so each export is cached on disk under a hash of the
-weights, settings, side and the exporter's versions: a restart, or another process on the same
-checkpoint, loads it in well under a second. A changed checkpoint has another hash and is exported
-again. The graph holds the eval weights of the moment; `Segmenter.train()` drops it.
+prompts left free. Exporting takes seconds, so each export is cached on disk, named by a hash of the
+checkpoint's weights file and settings, and the side; beside it, the embeddings of the checkpoint's
+prompts. A restart, or another process on the same checkpoint, then runs it as a `CompiledModel`:
+the graph and the embeddings alone, without building the PyTorch model (no timm, no transformers).
+A changed checkpoint has another hash and is exported again. A Segmenter's graph holds its eval
+weights of the moment; `Segmenter.train()` drops it.
 
 CUDA runs stay on PyTorch (half precision), where this buys nothing.
 """
@@ -25,14 +27,19 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from model.checkpoint import Card, apply_card, read_card, weights_sha256
 from model.errors import CheckpointError
-from model.segmenter import Segmenter
+from model.files import write_atomic
+from model.segmenter import Predictor, Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +58,12 @@ class PromptLogits(nn.Module):
         return self.model.prompt_logits(pixels, emb)
 
 
-def graph_key(model: Segmenter, side: int) -> str:
-    """What an exported graph depends on: weights, backend settings, input side, torch and ONNX versions."""
-    import onnxruntime
-
-    h = hashlib.sha256(json.dumps({"backend": model.backend, "settings": model.settings, "side": side,
-                                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                                   "format": GRAPH_FORMAT}, sort_keys=True, default=str).encode())
-    for name, value in sorted(model.trainable_state().items()):
-        h.update(name.encode())
-        h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
+def compiled_key(card: Card, weights_sha256: str) -> str:
+    """What a checkpoint's compiled graphs depend on: its weights file and settings. Read without torch, so
+    a restart finds its graph before building anything."""
+    identity = {"backend": card.backend, "settings": card.settings, "weights": weights_sha256, "format": GRAPH_FORMAT}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{card.backend}-{digest[:32]}"
 
 
 def export_graph(model: Segmenter, side: int, path: Path) -> None:
@@ -89,21 +91,27 @@ def export_graph(model: Segmenter, side: int, path: Path) -> None:
 
 
 class OnnxGraph:
-    """`Segmenter.compiled` on ONNX Runtime: one session per input side, each exported once and cached."""
+    """Compiled logits on ONNX Runtime: one session per input side, each loaded from `cache/{key}-{side}.onnx`,
+    or first exported there by `export(side, path)`."""
 
-    def __init__(self, model: Segmenter, cache: Path, threads: int):
+    def __init__(self, cache: Path, key: str, threads: int, export: Callable[[int, Path], None] | None = None):
         import onnxruntime as ort
 
-        self.ort, self.model, self.cache, self.threads = ort, model, cache, threads
+        self.ort, self.cache, self.key, self.threads, self.export = ort, cache, key, threads, export
         self.sessions: dict[int, object] = {}
+
+    def path(self, side: int) -> Path:
+        return self.cache / f"{self.key}-{side}.onnx"
 
     def session(self, side: int):
         if side not in self.sessions:
-            path = self.cache / f"{self.model.backend}-{side}-{graph_key(self.model, side)}.onnx"
+            path = self.path(side)
             if not path.is_file():
+                if self.export is None:
+                    raise FileNotFoundError(f"{path}: no compiled graph for input {side}")
                 log.info("compiling the model for ONNX Runtime at input %d (once per checkpoint; cached in %s)",
                          side, self.cache)
-                export_graph(self.model, side, path)
+                self.export(side, path)
             options = self.ort.SessionOptions()
             options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
@@ -121,19 +129,70 @@ class OnnxGraph:
         return torch.from_numpy(out)
 
 
-def use_runtime(model: Segmenter, runtime: Runtime, cache: Path | None, sides: list[int] | None = None) -> str:
+class CompiledModel(Predictor):
+    """A checkpoint run from its compiled graphs and prompt embeddings in the cache alone: no PyTorch model
+    is built, so neither timm nor transformers is imported; a daemon restart is ready in about a second."""
+
+    runtime = "onnx"
+    device = torch.device("cpu")
+
+    def __init__(self, card: Card, graph: OnnxGraph, embeddings: dict[str, np.ndarray]):
+        self.backend, self.settings, self.graph = card.backend, card.settings, graph
+        self.input_size = int(card.settings["input_size"])
+        apply_card(self, card)
+        self.embeddings = {p: torch.from_numpy(np.asarray(e, np.float32)) for p, e in embeddings.items()}
+
+    def predict_logits(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.graph(pixels, torch.stack([self.embeddings[p] for p in prompts]))
+
+
+def embeddings_path(cache: Path, key: str) -> Path:
+    return cache / f"{key}.prompts.json"
+
+
+def load_compiled(folder: Path, cache: Path, prompts: list[str], threads: int) -> CompiledModel | None:
+    """The checkpoint in `folder` as a CompiledModel, when the cache holds its graph for every input side and
+    the embeddings of `prompts`; otherwise None (load it with `load_checkpoint`, which fills the cache)."""
+    card = read_card(folder)
+    key = compiled_key(card, weights_sha256(folder))
+    cache = cache.expanduser()
+    try:
+        embeddings = json.loads(embeddings_path(cache, key).read_text())
+    except (OSError, ValueError):
+        return None
+    if any(p not in embeddings for p in prompts):
+        return None
+    graph = OnnxGraph(cache, key, threads)
+    model = CompiledModel(card, graph, embeddings)
+    try:
+        for side in model.input_sides:
+            graph.session(side)
+    except Exception as exc:  # noqa: BLE001 - a damaged cache entry: load the checkpoint instead, which remakes it
+        log.warning("compiled model in %s not usable (%s); loading the checkpoint", cache, exc)
+        return None
+    return model
+
+
+def use_runtime(model: Segmenter, runtime: Runtime, cache: Path | None, key: str) -> str:
     """Run `model` (on a CPU) with `runtime` and return the one in use. "auto" compiles where it can and
-    falls back to eager PyTorch, logging why; "onnx" raises CheckpointError where it cannot. `sides`: input
-    sides compiled now, so that failures show here and the first photo does not pay the compile."""
+    falls back to eager PyTorch, logging why; "onnx" raises CheckpointError where it cannot. Every input side
+    of the model is compiled now, so that failures show here and the first photo does not pay the compile;
+    with the embeddings of the model's prompts, for `load_compiled`. `key`: `compiled_key` of the checkpoint."""
     model.compiled = None
     if runtime == "eager" or model.device.type != "cpu":
         return model.runtime
     if cache is None:
         raise ValueError("a compiled runtime needs a cache folder")
+    cache = cache.expanduser()
     try:
-        graph = OnnxGraph(model, cache.expanduser(), torch.get_num_threads())
-        for side in sides or []:
+        graph = OnnxGraph(cache, key, torch.get_num_threads(), partial(export_graph, model))
+        for side in model.input_sides:
             graph.session(side)
+        prompts = [p for ps in model.prompts.values() for p in ps]
+        if prompts:
+            emb = model.embed_prompts(prompts).cpu().numpy()
+            write_atomic(embeddings_path(cache, key),
+                         json.dumps({p: e.tolist() for p, e in zip(prompts, emb, strict=True)}).encode())
     except Exception as exc:  # noqa: BLE001 - exporters raise many kinds; each one means "not compiled"
         if runtime == "onnx":
             raise CheckpointError(f"model.runtime onnx: the {model.backend} model cannot be compiled for ONNX "

@@ -124,3 +124,36 @@ def test_auto_runs_eager_and_says_why_when_compiling_fails(tiny_checkpoint, tmp_
 def test_eager_runtime_never_compiles(tiny_checkpoint, tmp_path):
     model, _ = load_checkpoint(tiny_checkpoint, "cpu", "eager", tmp_path)
     assert model.runtime == "eager" and not list(Path(tmp_path).glob("*.onnx"))
+
+
+def test_a_restart_runs_the_cached_graph_without_building_the_pytorch_model(tiny_checkpoint, compiled_cache):
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys; from pathlib import Path; from model.runtime import load_compiled; "
+             f"m = load_compiled(Path({str(tiny_checkpoint)!r}), Path({str(compiled_cache)!r}), {PROMPTS!r}, 2); "
+             "print(json.dumps([type(m).__name__, [k for k in ('timm', 'transformers', 'torchvision') "
+             "if k in sys.modules]]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert json.loads(out.stdout.splitlines()[-1]) == ["CompiledModel", []]
+
+
+def test_the_cached_graph_alone_gives_the_masks_of_the_checkpoint(tiny_checkpoint, compiled_cache):
+    from model.runtime import load_compiled
+
+    eager, _ = load_checkpoint(tiny_checkpoint, "cpu")
+    cached = load_compiled(tiny_checkpoint, compiled_cache, PROMPTS, 2)
+    assert cached is not None and cached.runtime == "onnx" and cached.thresholds == eager.thresholds
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (90, 120, 3), np.uint8), rng.integers(0, 255, (200, 150, 3), np.uint8)]
+    for a, b in zip(eager.predict(images, PROMPTS), cached.predict(images, PROMPTS), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_without_its_graph_or_prompts_in_the_cache_a_checkpoint_is_loaded_in_full(tiny_checkpoint, compiled_cache,
+                                                                                    tmp_path):
+    from model.runtime import load_compiled
+
+    assert load_compiled(tiny_checkpoint, tmp_path, PROMPTS, 2) is None
+    assert load_compiled(tiny_checkpoint, compiled_cache, ["segment window"], 2) is None
