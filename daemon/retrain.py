@@ -107,12 +107,17 @@ def split_validation(rows: list[Row], seed: int = 0) -> tuple[list[Row], list[Ro
     return [rows[i] for i in calibration], [rows[i] for i in held]
 
 
-def gate(scores: dict[str, dict[str, float]], max_regression: float) -> tuple[bool, str]:
-    """Promote only if some task was scored and no task's candidate mIoU is below the active one by more
-    than `max_regression`."""
+def gate(scores: dict[str, dict[str, float]], max_regression: float,
+         tasks: tuple[str, ...] = TASKS) -> tuple[bool, str]:
+    """Promote only if every task in `tasks` was scored and no task's candidate mIoU is below the active
+    one by more than `max_regression`."""
     if not scores:
         return False, ("no task could be scored: the validation split has no gate images, so nothing shows "
                        "the candidate is not worse; add labeled photos to retrain.inbox")
+    unscored = [t for t in tasks if t not in scores]
+    if unscored:
+        return False, (f"{' and '.join(unscored)} could not be scored (no gate images), so nothing shows the "
+                       "candidate is not worse there; add labeled photos of it to retrain.inbox")
     drops = {t: s["active"] - s["candidate"] for t, s in scores.items()}
     worse = {t: d for t, d in drops.items() if d > max_regression}
     if worse:

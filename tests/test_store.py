@@ -283,3 +283,14 @@ def test_daemons_starting_together_on_a_new_store_run_the_same_model_version(sto
     version = store.models.startup(tmp_path / "m", "compact", "a" * 64, {})
     assert len(calls) == 2 and version.active
     assert [v.id for v in store.models.versions()] == [version.id]
+
+
+def test_rollback_passes_over_a_version_rejected_since_it_was_promoted(store, tmp_path):
+    first = store.models.register("v1", tmp_path / "v1", "compact", "1" * 64, {})
+    broken = store.models.register("v2", tmp_path / "v2", "compact", "2" * 64, {})
+    store.models.register("v3", tmp_path / "v3", "compact", "3" * 64, {})
+    store.models.reject(broken)  # promoted once, then found unloadable
+    assert store.models.rollback().id == first
+    assert store.models.active().name == "v1"
+    store.models.reject(first)  # the version rolled back to fails too: back to the last good one, v3
+    assert store.models.rollback().name == "v3"

@@ -71,10 +71,11 @@ def model_rollback(ctx: typer.Context, store: StoreOption = None) -> None:
 
     Example: qa-daemon model rollback
     """
-    _change_active(ctx, store, lambda st: st.models.rollback())
+    _change_active(ctx, store, lambda st: st.models.rollback(), "rolled back; ")
 
 
-def _change_active(ctx: typer.Context, store: str | None, change: Callable[[Store], ModelVersion]) -> None:
+def _change_active(ctx: typer.Context, store: str | None, change: Callable[[Store], ModelVersion],
+                   what: str = "") -> None:
     with open_store(config_of(ctx, store)) as st:
         mv = change(st)
-    out.print(f"active model: {mv.name} (version {mv.id})")
+    out.print(f"{what}active model: {mv.name} (version {mv.id}, {mv.path})")

@@ -85,14 +85,17 @@ class Registry:
             return mv
 
     def rollback(self) -> ModelVersion:
-        """Make the version promoted before the active one active again."""
+        """Make the version promoted before the active one active again, passing over versions marked
+        rejected since (they could not be loaded, or the gate refused them)."""
         with self.session.begin() as s:
             active = s.scalar(select(ModelVersion).where(ModelVersion.active))
             before = s.scalar(select(ModelVersion).where(ModelVersion.promoted_at.is_not(None),
+                                                         ModelVersion.status != ModelStatus.rejected,
                                                          ModelVersion.id != (active.id if active else -1))
                               .order_by(ModelVersion.promoted_at.desc()).limit(1))
             if before is None:
-                raise StoreError("no earlier model version to roll back to; see `qa-daemon model list`")
+                raise StoreError("no earlier model version to roll back to (rejected versions are passed over); "
+                                 "see `qa-daemon model list`")
             self._activate(s, before)
             return before
 
