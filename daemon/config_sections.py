@@ -166,7 +166,8 @@ class WatchConfig(Section):
     roots: list[Path] = Field(default_factory=lambda: [Path("incoming")], description="Folders watched.")
     polling: bool = Field(False, description="Poll instead of OS events (network shares, containers).")
     poll_interval_s: float = Field(5.0, gt=0, description="Polling period.")
-    settle_s: float = Field(2.0, ge=0, description="Size and mtime must hold still this long.")
+    settle_s: float = Field(2.0, ge=0, description="Size and mtime must hold still this long; with OS events, "
+                            "not for a file its writer closed or that was renamed into place, while unchanged.")
     rescan_interval_s: float = Field(300.0, gt=0, description="Full rescan period (missed events).")
     layout: str = Field("{site}/{location}", description="Folder levels under a root that name site/location; "
                         "{_} skips a level.")

@@ -1,7 +1,8 @@
 """Intake: the checks a file passes before it is recorded as a photo.
 
 A file found by the watcher waits in the `Settler` (daemon/settle.py) until its size and mtime
-have held still for `watch.settle_s`; then `identify()` runs the checklist:
+have held still for `watch.settle_s`, or, with OS events, until its writer has closed it or it was
+renamed into place; then `identify()` runs the checklist:
 
 1. still there, a regular file (a link only when it points inside its watch root);
 2. not empty;

@@ -1,10 +1,15 @@
-"""Settling: a file found by the watcher waits here until its size and mtime hold still.
+"""Settling: a file found by the watcher waits here until it is complete.
 
     settler.offer(path, root)                 # the watcher saw it (an event or a rescan)
-    for path, root, attempts in settler.ready(): ...   # intake takes the files that held still
+    settler.offer(path, root, complete=True)  # its writer closed it, or it was renamed into place
+    for path, root, attempts in settler.ready(): ...   # intake takes the files that are complete
 
-A copy in progress keeps changing, so it is never taken half-written; a file that intake finds
-incomplete is offered again after a backoff, and given up on after `watch.max_attempts`.
+A file is complete once its size and mtime have held still for `settle_s`; a copy in progress keeps
+changing, so it is never taken half-written. When the OS says the writer is done (it closed the file,
+or the file was renamed into place: how rsync, Syncthing and upload tools deliver) the file is ready at
+once, as long as its size and mtime are still those of that moment; a writer that opens it again
+changes them, and the settle clock applies. A file that intake finds incomplete is offered again after
+a backoff, and given up on after `watch.max_attempts`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,46 +31,69 @@ class Waiting:
     due: float
     attempts: int = 0
     error: str = ""
+    complete: tuple[int, int] | None = None  # (size, mtime_ns) when its writer closed it or it was renamed in
+    look: bool = False  # a completion was reported since the last look: look at once, whatever `due` says
 
 
 class Settler:
-    """Files seen but not yet taken; thread-safe. A file is ready once unchanged for `settle_s`."""
+    """Files seen but not yet taken; thread-safe. A file is ready once unchanged for `settle_s`, or at once
+    when reported complete and unchanged since. `clock`: monotonic seconds (the tests drive it)."""
 
-    def __init__(self, settle_s: float, backoff_s: float, max_attempts: int, give_up_after_s: float = 0.0):
+    def __init__(self, settle_s: float, backoff_s: float, max_attempts: int, give_up_after_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.settle_s, self.backoff_s, self.max_attempts = settle_s, backoff_s, max_attempts
         self.give_up_after_s = give_up_after_s  # a stalled copy may resume: never give up on a file sooner
+        self.clock = clock
         self._waiting: dict[Path, Waiting] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def offer(self, path: Path, root: Path) -> None:
-        """A file event or rescan saw `path`; start watching it settle (again, if it changed)."""
-        now = time.monotonic()
+    def offer(self, path: Path, root: Path, complete: bool = False) -> None:
+        """A file event or rescan saw `path`; start watching it settle. `complete`: the OS reported its writer
+        done (closed, or renamed into place), so it is ready as soon as it is seen unchanged since."""
+        now, done = self.clock(), None
+        if complete:
+            try:
+                st = os.stat(path)  # what the writer left; outside the lock: a share may be slow to answer
+                done = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass  # gone already: ready() forgets it
         with self._lock:
-            if path not in self._waiting:
-                self._waiting[path] = Waiting(root, -1, -1, now, now)
+            w = self._waiting.get(path)
+            if w is None:
+                w = self._waiting[path] = Waiting(root, -1, -1, now, now)
+            if done is not None:
+                w.complete, w.look = done, True
 
     def ready(self) -> list[tuple[Path, Path, int]]:
-        """(path, root, attempts so far) of the files that have held still for `settle_s`."""
-        now, out = time.monotonic(), []
+        """(path, root, attempts so far) of the files that are complete."""
+        now, out = self.clock(), []
         with self._lock:
-            items = [(p, w) for p, w in self._waiting.items() if w.due <= now]
+            items = [(p, w) for p, w in self._waiting.items() if w.due <= now or w.look]
+            for _, w in items:
+                w.look = False  # a completion reported from here on is looked at by the next call
         for path, w in items:
             try:
                 st = os.stat(path)
             except OSError:
                 self.forget(path)  # gone (moved away or deleted) before it settled
                 continue
-            if (st.st_size, st.st_mtime_ns) != (w.size, w.mtime_ns):
-                # still changing (or first look): the clock starts again, and so do the attempts
-                w.size, w.mtime_ns, w.stable_since, w.due, w.attempts = (
-                    st.st_size, st.st_mtime_ns, now, now + self.settle_s, 0)
-            elif now - w.stable_since >= self.settle_s:
-                out.append((path, w.root, w.attempts))
-            else:
-                w.due = w.stable_since + self.settle_s
+            seen = (st.st_size, st.st_mtime_ns)
+            with self._lock:  # offer() may mark it complete meanwhile
+                changed = seen != (w.size, w.mtime_ns)
+                if changed:
+                    # still changing (or first look): the clock starts again, and so do the attempts
+                    w.size, w.mtime_ns, w.stable_since, w.due, w.attempts = *seen, now, now + self.settle_s, 0
+                if seen == w.complete and w.attempts == 0:
+                    out.append((path, w.root, w.attempts))  # as its writer left it; a retry keeps its backoff
+                elif changed or w.due > now:
+                    continue  # settling; or looked at early for a completion it no longer matches
+                elif now - w.stable_since >= self.settle_s:
+                    out.append((path, w.root, w.attempts))
+                else:
+                    w.due = w.stable_since + self.settle_s
         return out
 
     def retry(self, path: Path, error: str) -> bool:
@@ -76,7 +105,7 @@ class Settler:
                 return False
             w.attempts += 1
             w.error = error
-            now = time.monotonic()
+            now = self.clock()
             w.due = now + self.backoff_s * 2 ** (w.attempts - 1)
             return w.attempts >= self.max_attempts and now - w.stable_since >= self.give_up_after_s
 
@@ -84,7 +113,7 @@ class Settler:
         """Try again after a backoff without counting an attempt: the trouble was not the file's."""
         with self._lock:
             if path in self._waiting:
-                self._waiting[path].due = time.monotonic() + max(self.backoff_s, 1.0)
+                self._waiting[path].due = self.clock() + max(self.backoff_s, 1.0)
 
     def forget(self, path: Path) -> None:
         with self._lock:

@@ -4,7 +4,9 @@ Events are fast but can be missed (network and container mounts deliver none, an
 nothing is delivered while the daemon is down), so the roots are also walked at
 start and every `watch.rescan_interval_s`. A rescan skips files already taken
 (same path, size and mtime) without reading them. Everything found goes to the
-`Settler`, which decides when a file is complete.
+`Settler`, which decides when a file is complete; with OS events, a file its writer
+closed or that was renamed into place is offered as complete, and taken without
+waiting `watch.settle_s`.
 
 A root that disappears (an unmounted share) is reported once and watched for; it
 is never taken to mean that its photos were deleted. Photos whose files vanished before they were
@@ -14,6 +16,7 @@ processed are looked for at every check, and taken again when they are back.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -41,7 +44,20 @@ class _Events(FileSystemEventHandler):
         if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
-        self.watcher.consider(Path(os.fsdecode(path)), self.root)
+        if not path:  # moved out of the roots: full inotify events name no destination
+            return
+        # closed by its writer, or renamed into place (complete by construction): ready without settling, while
+        # unchanged. Polling compares snapshots, so it never knows that a writer is done.
+        complete = event.event_type in ("closed", "moved") and not self.watcher.config.watch.polling
+        self.watcher.consider(Path(os.fsdecode(path)), self.root, complete)
+
+
+def native_observer() -> BaseObserver:
+    """The platform's event observer. On Linux with full move events: a file renamed in from outside the roots
+    (an upload tool's temporary folder) is then reported as moved, complete, rather than as created."""
+    if "generate_full_events" in inspect.signature(Observer).parameters:
+        return Observer(generate_full_events=True)
+    return Observer()
 
 
 class Watcher(threading.Thread):
@@ -55,7 +71,7 @@ class Watcher(threading.Thread):
         self.excluded = [p.absolute() for p in (config.outputs.dir, config.outputs.archive,
                                                 config.outputs.quarantine, config.schedule.reports_dir) if p]
         self.observer: BaseObserver = (PollingObserver(timeout=config.watch.poll_interval_s)
-                                       if config.watch.polling else Observer())
+                                       if config.watch.polling else native_observer())
         self.watches: dict[Path, ObservedWatch] = {}
         self.missing: set[Path] = set()
         self.identity: dict[Path, tuple[int, int]] = {}  # (device, inode) of each root when it was scheduled
@@ -79,8 +95,9 @@ class Watcher(threading.Thread):
         self.observer.stop()
         self.observer.join(timeout=10)
 
-    def consider(self, path: Path, root: Path) -> None:
-        """Offer `path` to the settler if it is a photo name outside the daemon's own folders."""
+    def consider(self, path: Path, root: Path, complete: bool = False) -> None:
+        """Offer `path` to the settler if it is a photo name outside the daemon's own folders; `complete`: the OS
+        reported its writer done."""
         if not is_photo(path) or any(hidden_dir(p) for p in path.relative_to(root).parts[:-1]):
             return
         if any(inside(path, folder) for folder in self.excluded if inside(folder, root)):
@@ -88,7 +105,7 @@ class Watcher(threading.Thread):
         if not inside(path, root):  # the file, or a folder on its way, links outside the root
             log.debug("%s: reached through a link pointing outside %s; not followed", path, root)
             return
-        self.settler.offer(path, root)
+        self.settler.offer(path, root, complete)
 
     def check_roots(self) -> bool:
         """Start watching roots that are present, report those that vanished; True when one came back."""

@@ -133,7 +133,7 @@ class Collector:
     def __init__(self):
         self.offered: list[Path] = []
 
-    def offer(self, path: Path, root: Path) -> None:
+    def offer(self, path: Path, root: Path, complete: bool = False) -> None:
         self.offered.append(path)
 
 
