@@ -116,9 +116,11 @@ def main() -> None:
     model, _ = load_checkpoint(args.checkpoint, args.device)
     inference = model_only(model, n["runs"])
     decoding = draft_decode(n["runs"], 2 * model.input_size)
-    with tempfile.TemporaryDirectory() as tmp:  # eager against compiled, interleaved in one loop
-        compiled, _ = load_checkpoint(args.checkpoint, args.device, "auto", Path(tmp))
-        runtimes = {"eager": model, compiled.runtime: compiled} if compiled.runtime != "eager" else {"eager": model}
+    with tempfile.TemporaryDirectory() as tmp:  # eager, the fp32 graph and what auto runs, interleaved in one loop
+        runtimes = {"eager": model}
+        for choice in ("onnx", "auto"):
+            compiled, _ = load_checkpoint(args.checkpoint, args.device, choice, Path(tmp))
+            runtimes.setdefault(compiled.runtime, compiled)
         inference["model_ms"] = runtime_ms(runtimes, 2 * n["runs"])
         del model, compiled, runtimes
     finish = finishing.run(*((4, 2, 2) if args.quick else (12, 6, 5)), None, args.checkpoint)

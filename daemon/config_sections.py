@@ -90,10 +90,11 @@ class ModelConfig(Section):
     input_size: int = Field(448, ge=32, le=4096, description="Input side (pixels) of a new compact model that "
                             "`train` builds. A checkpoint brings its own per task; predict, eval and the daemon "
                             "run at that one (448 for compact-v2).")
-    runtime: Literal["auto", "onnx", "eager"] = Field("auto", description="How predict, eval and the daemon run "
-                                                      "the model on a CPU: onnx compiles it for ONNX Runtime (about "
-                                                      "2x eager here); auto does so where it can and otherwise runs "
-                                                      "eager PyTorch; eager never compiles. A GPU always runs PyTorch.")
+    runtime: Literal["auto", "int8", "onnx", "eager"] = Field(
+        "auto", description="How predict, eval and the daemon run the model on a CPU: onnx compiles it for ONNX "
+        "Runtime (about 2x eager here); int8 runs the INT8 graphs a checkpoint ships (`qa-daemon model quantize`, "
+        "about 1.8x onnx); auto takes int8 where the checkpoint has them, else onnx, else eager PyTorch; eager "
+        "never compiles. A GPU always runs PyTorch.")
     compiled_cache: Path = Field(Path("~/.cache/qa-daemon/compiled"), description="Where compiled models are "
                                  "kept, one file per checkpoint and input side, so a restart does not compile again.")
     batch_size: int = Field(8, ge=1, le=1024, description="Photos the daemon claims and decodes together; on a "

@@ -65,7 +65,8 @@ def load_warm(checkpoint: Path, device: str | torch.device, config: Config) -> P
         from model.runtime import load_compiled
 
         prompts = [config.prompts.for_task(t).canonical for t in TASKS]
-        model = load_compiled(checkpoint, config.model.compiled_cache, prompts, torch.get_num_threads())
+        model = load_compiled(checkpoint, config.model.compiled_cache, prompts, torch.get_num_threads(),
+                              config.model.runtime)
     if model is None:
         model, _ = load_checkpoint(checkpoint, device, config.model.runtime, config.model.compiled_cache)
     warm_up(model, config)

@@ -52,6 +52,7 @@ class Card:
     epoch: int = 0
     best_score: float | None = None
     dtype: str = "float32"
+    int8: dict[str, Any] = field(default_factory=dict)  # INT8 graphs beside the weights: what they cost (quantize.py)
 
 
 def save_checkpoint(model: Segmenter, folder: Path, card: Card, dtype: torch.dtype | None = None) -> Path:
@@ -126,7 +127,7 @@ def load_checkpoint(folder: Path, device: str | torch.device = "cpu", runtime: s
     if runtime != "eager":
         from model.runtime import compiled_key, use_runtime
 
-        use_runtime(model, runtime, cache, compiled_key(card, weights_sha256(folder)))
+        use_runtime(model, runtime, cache, compiled_key(card, weights_sha256(folder)), folder, card)
     return model, card
 
 

@@ -43,8 +43,13 @@ from model.segmenter import Predictor, Segmenter
 
 log = logging.getLogger(__name__)
 
-Runtime = Literal["auto", "onnx", "eager"]
+Runtime = Literal["auto", "int8", "onnx", "eager"]
 GRAPH_FORMAT = 1  # bump when the exported graph changes for the same weights: old cache entries are not reused
+INT8 = "int8"  # name of a checkpoint's quantized graphs, `int8-{side}.onnx` beside its weights (model/quantize.py)
+
+
+def int8_path(folder: Path, side: int) -> Path:
+    return folder / f"{INT8}-{side}.onnx"
 
 
 class PromptLogits(nn.Module):
@@ -98,6 +103,7 @@ class OnnxGraph:
         import onnxruntime as ort
 
         self.ort, self.cache, self.key, self.threads, self.export = ort, cache, key, threads, export
+        self.name = "onnx-int8" if key == INT8 else "onnx"  # the runtime it is, as the daemon's log names it
         self.sessions: dict[int, object] = {}
 
     def path(self, side: int) -> Path:
@@ -133,11 +139,10 @@ class CompiledModel(Predictor):
     """A checkpoint run from its compiled graphs and prompt embeddings in the cache alone: no PyTorch model
     is built, so neither timm nor transformers is imported; a daemon restart is ready in about a second."""
 
-    runtime = "onnx"
     device = torch.device("cpu")
 
     def __init__(self, card: Card, graph: OnnxGraph, embeddings: dict[str, np.ndarray]):
-        self.backend, self.settings, self.graph = card.backend, card.settings, graph
+        self.backend, self.settings, self.graph, self.runtime = card.backend, card.settings, graph, graph.name
         self.input_size = int(card.settings["input_size"])
         apply_card(self, card)
         self.embeddings = {p: torch.from_numpy(np.asarray(e, np.float32)) for p, e in embeddings.items()}
@@ -150,9 +155,19 @@ def embeddings_path(cache: Path, key: str) -> Path:
     return cache / f"{key}.prompts.json"
 
 
-def load_compiled(folder: Path, cache: Path, prompts: list[str], threads: int) -> CompiledModel | None:
-    """The checkpoint in `folder` as a CompiledModel, when the cache holds its graph for every input side and
-    the embeddings of `prompts`; otherwise None (load it with `load_checkpoint`, which fills the cache)."""
+def shipped_int8(folder: Path, card: Card, sides: list[int], threads: int) -> OnnxGraph | None:
+    """The checkpoint's own INT8 graphs (`qa-daemon model quantize`), when its card vouches for them and there
+    is one for every input side."""
+    if not card.int8 or not all(int8_path(folder, side).is_file() for side in sides):
+        return None
+    return OnnxGraph(folder, INT8, threads)
+
+
+def load_compiled(folder: Path, cache: Path, prompts: list[str], threads: int,
+                  runtime: Runtime = "auto") -> CompiledModel | None:
+    """The checkpoint in `folder` as a CompiledModel, when the cache holds the embeddings of `prompts` and
+    there is a graph for every input side (its INT8 graphs for "auto" and "int8", else the fp32 ones in the
+    cache); otherwise None (load it with `load_checkpoint`, which fills the cache)."""
     card = read_card(folder)
     key = compiled_key(card, weights_sha256(folder))
     cache = cache.expanduser()
@@ -162,40 +177,51 @@ def load_compiled(folder: Path, cache: Path, prompts: list[str], threads: int) -
         return None
     if any(p not in embeddings for p in prompts):
         return None
-    graph = OnnxGraph(cache, key, threads)
-    model = CompiledModel(card, graph, embeddings)
+    sides = Predictor.sides_of(card)
+    graph = shipped_int8(folder, card, sides, threads) if runtime in ("auto", INT8) else None
+    if graph is None and runtime == INT8:
+        return None  # load_checkpoint says why
+    model = CompiledModel(card, graph or OnnxGraph(cache, key, threads), embeddings)
     try:
-        for side in model.input_sides:
-            graph.session(side)
+        for side in sides:
+            model.graph.session(side)
     except Exception as exc:  # noqa: BLE001 - a damaged cache entry: load the checkpoint instead, which remakes it
         log.warning("compiled model in %s not usable (%s); loading the checkpoint", cache, exc)
         return None
     return model
 
 
-def use_runtime(model: Segmenter, runtime: Runtime, cache: Path | None, key: str) -> str:
-    """Run `model` (on a CPU) with `runtime` and return the one in use. "auto" compiles where it can and
-    falls back to eager PyTorch, logging why; "onnx" raises CheckpointError where it cannot. Every input side
-    of the model is compiled now, so that failures show here and the first photo does not pay the compile;
-    with the embeddings of the model's prompts, for `load_compiled`. `key`: `compiled_key` of the checkpoint."""
+def use_runtime(model: Segmenter, runtime: Runtime, cache: Path | None, key: str, folder: Path,
+                card: Card) -> str:
+    """Run `model`, loaded from the checkpoint `folder` with `card`, with `runtime` on a CPU and return the
+    runtime in use. "auto": the checkpoint's INT8 graphs when it ships them, else its graph compiled here,
+    else eager PyTorch (logging why); "int8" and "onnx" raise CheckpointError where they cannot. Every input
+    side is compiled now, so that failures show here and the first photo does not pay the compile; the
+    embeddings of the model's prompts go to the cache too, for `load_compiled`. `key`: `compiled_key`."""
     model.compiled = None
     if runtime == "eager" or model.device.type != "cpu":
         return model.runtime
     if cache is None:
         raise ValueError("a compiled runtime needs a cache folder")
     cache = cache.expanduser()
+    int8 = shipped_int8(folder, card, model.input_sides, torch.get_num_threads()) if runtime in ("auto", INT8) \
+        else None
+    if int8 is None and runtime == INT8:
+        raise CheckpointError(f"model.runtime int8: {folder} has no INT8 graphs; make them with `qa-daemon model "
+                              f"quantize {folder}`, or set model.runtime to auto")
     try:
-        graph = OnnxGraph(cache, key, torch.get_num_threads(), partial(export_graph, model))
+        graph = int8 or OnnxGraph(cache, key, torch.get_num_threads(), partial(export_graph, model))
         for side in model.input_sides:
             graph.session(side)
         prompts = [p for ps in model.prompts.values() for p in ps]
         if prompts:
             emb = model.embed_prompts(prompts).cpu().numpy()
+            cache.mkdir(parents=True, exist_ok=True)
             write_atomic(embeddings_path(cache, key),
                          json.dumps({p: e.tolist() for p, e in zip(prompts, emb, strict=True)}).encode())
     except Exception as exc:  # noqa: BLE001 - exporters raise many kinds; each one means "not compiled"
-        if runtime == "onnx":
-            raise CheckpointError(f"model.runtime onnx: the {model.backend} model cannot be compiled for ONNX "
+        if runtime != "auto":
+            raise CheckpointError(f"model.runtime {runtime}: the {model.backend} model cannot run on ONNX "
                                   f"Runtime ({type(exc).__name__}: {exc}); set model.runtime to auto or eager") \
                 from None
         log.warning("ONNX Runtime not used (%s: %s); running eager PyTorch", type(exc).__name__, exc)

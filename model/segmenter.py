@@ -99,6 +99,12 @@ class Predictor:
         return sorted({self.inference.get(t, TaskInference()).input_size or self.input_size for t in self.prompts}
                       | {self.input_size})
 
+    @staticmethod
+    def sides_of(card) -> list[int]:
+        """`input_sides` of the model a checkpoint card describes, without loading it."""
+        default = int(card.settings["input_size"])
+        return sorted({(card.inference.get(t) or {}).get("input_size") or default for t in card.prompts} | {default})
+
     @property
     def largest_input_size(self) -> int:
         """The largest side any task runs at: the working resolution a caller should decode to."""
@@ -188,8 +194,8 @@ class Segmenter(Predictor, nn.Module):
 
     @property
     def runtime(self) -> str:
-        """What runs inference on a CPU: "onnx" (a compiled graph) or "eager" (PyTorch)."""
-        return "eager" if self.compiled is None else "onnx"
+        """What runs inference on a CPU: "onnx" or "onnx-int8" (a compiled graph), or "eager" (PyTorch)."""
+        return "eager" if self.compiled is None else getattr(self.compiled, "name", "onnx")
 
     def _apply(self, fn, recurse=True):  # noqa: D401 - keep the prompt cache on the model's device
         self._prompt_cache.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 COMMANDS = ["prep", "train", "eval", "predict", "run", "retrain", "report", "history", "status", "model list",
-            "model promote", "model rollback"]
+            "model promote", "model rollback", "model export", "model quantize"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -157,3 +157,70 @@ def test_without_its_graph_or_prompts_in_the_cache_a_checkpoint_is_loaded_in_ful
 
     assert load_compiled(tiny_checkpoint, tmp_path, PROMPTS, 2) is None
     assert load_compiled(tiny_checkpoint, compiled_cache, ["segment window"], 2) is None
+
+
+@pytest.fixture
+def prepared_both(tmp_path) -> Path:
+    """A prepared folder of tiny synthetic photos: 4 train and 4 valid per task, with masks."""
+    import csv
+    from dataclasses import asdict, fields
+
+    import cv2
+
+    from model.prep import MANIFEST, Row
+
+    folder = tmp_path / "prepared"
+    (folder / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for task, prompt in zip(("crack", "taping"), PROMPTS, strict=True):
+        for i in range(8):
+            rgb = rng.integers(0, 255, (64, 64, 3), np.uint8)
+            mask = np.zeros((64, 64), np.uint8)
+            mask[10:20 + i, 5:60] = 255
+            name = f"{task}{i}"
+            cv2.imwrite(str(folder / f"{name}.png"), rgb)
+            cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
+            rows.append(Row(image=str(folder / f"{name}.png"), mask=f"masks/{name}.png", task=task, prompt=prompt,
+                            stem=name, split="train" if i < 4 else "valid", objects=1, mask_area=0.1,
+                            dataset=task, source_split="train", width=64, height=64))
+    with (folder / MANIFEST).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, [f.name for f in fields(Row)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    return folder
+
+
+def test_int8_graphs_that_keep_validation_miou_ship_with_the_checkpoint_and_auto_runs_them(
+        tiny_checkpoint, prepared_both, tmp_path):
+    import shutil
+
+    from model.checkpoint import read_card
+    from model.quantize import quantize
+    from model.runtime import load_compiled
+
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+    q = quantize(folder, prepared_both, calibration=4, max_drop=1.0)  # any drop under a full point is fine here
+    assert q.kept and [p.name for p in q.paths] == ["int8-128.onnx"] and set(q.drops) == {"crack", "taping"}
+    assert read_card(folder).int8["int8"] == q.int8
+    auto, _ = load_checkpoint(folder, "cpu", "auto", tmp_path / "cache")
+    fp32, _ = load_checkpoint(folder, "cpu", "onnx", tmp_path / "cache")
+    assert (auto.runtime, fp32.runtime) == ("onnx-int8", "onnx")
+    assert load_compiled(folder, tmp_path / "cache", PROMPTS, 2).runtime == "onnx-int8"
+    pixels = torch.rand(1, 3, 128, 128) * 255
+    assert auto.predict_logits(pixels, PROMPTS).shape == fp32.predict_logits(pixels, PROMPTS).shape
+
+
+def test_int8_graphs_that_cost_validation_miou_are_not_kept(tiny_checkpoint, prepared_both, tmp_path):
+    import shutil
+
+    from model.checkpoint import read_card
+    from model.quantize import quantize
+
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+    assert quantize(folder, prepared_both, calibration=4, max_drop=1.0).kept
+    refused = quantize(folder, prepared_both, calibration=4, max_drop=-1.0)  # no drop is below -1: refused
+    assert not refused.kept and not list(folder.glob("int8-*.onnx")) and read_card(folder).int8 == {}
+    assert load_checkpoint(folder, "cpu", "auto", tmp_path / "cache")[0].runtime == "onnx"
+    with pytest.raises(CheckpointError, match="model.runtime int8: .* has no INT8 graphs.*model quantize"):
+        load_checkpoint(folder, "cpu", "int8", tmp_path / "cache")

@@ -4,7 +4,7 @@ Each command parses its options, calls the one function that does the work and p
 result; the commands live in this package by concern:
 
     data.py      prep
-    training.py  train, eval, model export
+    training.py  train, eval, model export, model quantize
     predict.py   predict
     service.py   run, status
     retrain.py   retrain
@@ -54,6 +54,7 @@ app.command()(service.status)
 
 model_app = typer.Typer(help="The model versions in the store: list, promote, roll back.", no_args_is_help=True)
 model_app.command("export")(training.model_export)
+model_app.command("quantize")(training.model_quantize)
 model_app.command("list")(models.model_list)
 model_app.command("promote")(models.model_promote)
 model_app.command("rollback")(models.model_rollback)

@@ -196,3 +196,37 @@ def model_export(
                       f"{m['miou']:.3f}", f"{m['dice']:.3f}",
                       f"{m['held_out']['miou']:.3f} ({m['held_out']['images']})")
     out.print(table)
+
+
+def model_quantize(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder to add INT8 graphs to.")],
+    prepared: PreparedOption = None,
+    calibration: Annotated[int, typer.Option(help="Training images that calibrate the quantization.")] = 64,
+    max_drop: Annotated[float, typer.Option(help="Validation mIoU a task may lose; more, and nothing is kept.")]
+    = 0.005,
+    quiet: QuietOption = False,
+) -> None:
+    """Add INT8 graphs to a checkpoint for CPU inference, kept only if no task's validation mIoU drops by
+    --max-drop or more against the fp32 graph; `model.runtime: auto` then runs them.
+
+    Example: qa-daemon model quantize model/weights/compact-v2
+    """
+    from model.checkpoint import read_card
+    from model.quantize import quantize
+
+    config = config_of(ctx)
+    read_card(checkpoint)  # a clear error before any work when there is no checkpoint
+    q = quantize(checkpoint, config.require("prep.out", prepared or config.prep.out), calibration, max_drop,
+                 config.model.batch_size, progress=not quiet)
+    table = Table(title=f"{checkpoint}: validation mIoU, fp32 and INT8 graphs ({q.calibration_images} calibration "
+                        "images)")
+    for col in ("task", "fp32", "int8", "drop"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, drop in q.drops.items():
+        table.add_row(task, f"{q.fp32[task]:.4f}", f"{q.int8[task]:.4f}", f"{drop:+.4f}")
+    out.print(table)
+    if q.kept:
+        out.print(f"kept: {', '.join(p.name for p in q.paths)} written; model.runtime auto runs them")
+    else:
+        out.print(f"not kept: a task lost {max_drop} mIoU or more; the checkpoint runs its fp32 graph")
