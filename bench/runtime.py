@@ -4,8 +4,8 @@
 
 - eager: PyTorch fp32, what `model.runtime: eager` runs;
 - onnx: the compiled graph of model/runtime.py, what `auto` runs on a CPU;
-- onnx-int8: that graph with static INT8 quantization (QDQ, per-channel weights), calibrated on
-  `--calibration` training images;
+- onnx-int8: the checkpoint's INT8 graphs, where it ships them (`qa-daemon model quantize`), what
+  `auto` then runs;
 - eager-bf16: PyTorch under bf16 autocast, only on CPUs with native bf16 (AMX or AVX512-BF16).
 
 For each: the model time of both prompts on one photo at the model's input side (median of `--runs`,
@@ -33,7 +33,6 @@ from model.data import read_mask, read_rgb
 from model.evaluate import MASKS, score_models
 from model.images import fit_within
 from model.prep import read_manifest
-from model.runtime import OnnxGraph, export_graph
 from model.segmenter import Segmenter
 
 PROMPTS = {"crack": "segment crack", "taping": "segment taping area"}
@@ -42,32 +41,6 @@ PROMPTS = {"crack": "segment crack", "taping": "segment taping area"}
 def native_bf16() -> bool:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def int8_graph(model: Segmenter, rows: list, folder: Path) -> OnnxGraph:
-    """The model's graph quantized to INT8 (static, QDQ), calibrated on `rows`' images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    side = model.input_size
-    fp32, prepped, int8 = folder / "fp32.onnx", folder / "prepped.onnx", folder / "int8.onnx"
-    export_graph(model, side, fp32)
-    quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
-    emb = model.embed_prompts(list(PROMPTS.values())).numpy()
-
-    class Calibration(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter({"pixels": model.preprocess([read_rgb(Path(r.image))], side).numpy(), "emb": emb}
-                              for r in rows)
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(str(prepped), str(int8), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    graph = OnnxGraph(folder, "int8", torch.get_num_threads())
-    graph.sessions[side] = graph.ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
-    return graph
 
 
 def bf16_autocast(model: Segmenter):
@@ -126,7 +99,6 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT)
     ap.add_argument("--prepared", type=Path, default=e2e.REPO / "data" / "prepared")
     ap.add_argument("--photos", type=int, default=100, help="validation photos for the mask agreement")
-    ap.add_argument("--calibration", type=int, default=64, help="training images that calibrate INT8")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
@@ -134,19 +106,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = read_manifest(args.prepared)
     valid = [r for r in rows if r.split == "valid" and r.task in PROMPTS]
-    train = [r for r in rows if r.split == "train" and r.task in PROMPTS]
-    rng = np.random.default_rng(0)
-    calibration = [train[i] for i in rng.choice(len(train), min(args.calibration, len(train)), replace=False)]
     picked = [valid[i] for i in np.linspace(0, len(valid) - 1, min(args.photos, len(valid))).astype(int)]
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         variants = {"eager": load_checkpoint(args.checkpoint, "cpu")[0]}
         started = time.perf_counter()
         variants["onnx"] = load_checkpoint(args.checkpoint, "cpu", "onnx", Path(tmp) / "cache")[0]
         compile_s = time.perf_counter() - started
-        started = time.perf_counter()
-        variants["onnx-int8"] = load_checkpoint(args.checkpoint, "cpu")[0]
-        variants["onnx-int8"].compiled = int8_graph(variants["onnx-int8"], calibration, Path(tmp))
-        int8_s = time.perf_counter() - started
+        auto = load_checkpoint(args.checkpoint, "cpu", "auto", Path(tmp) / "cache")[0]
+        variants.setdefault(auto.runtime, auto)
         if native_bf16():
             variants["eager-bf16"] = load_checkpoint(args.checkpoint, "cpu")[0]
             variants["eager-bf16"].compiled = bf16_autocast(variants["eager-bf16"])
@@ -155,14 +122,14 @@ def main() -> None:
         scores = validation(variants, valid, progress=not args.json)
     report = {"hardware": e2e.hardware(), "threads": args.threads, "checkpoint": str(args.checkpoint),
               "input_size": variants["eager"].input_size, "compile_s": round(compile_s, 1),
-              "int8_quantize_s": round(int8_s, 1), "agreement_photos": len(picked), "model_ms": ms,
+              "auto_runs": auto.runtime, "agreement_photos": len(picked), "model_ms": ms,
               "compiled_speedup": round(ms["eager"] / ms["onnx"], 2), "agreement_with_eager": agree,
               "validation": scores}
     if args.json:
         print(json.dumps(report))
         return
     print(f"hardware: {report['hardware']}, {args.threads} threads, {args.checkpoint} at input {report['input_size']}")
-    print(f"compile (export + session) {report['compile_s']} s; INT8 quantization {report['int8_quantize_s']} s")
+    print(f"compile (export + session) {report['compile_s']} s; model.runtime auto runs {report['auto_runs']}")
     print("| runtime | model ms (both prompts) | vs eager | crack mask IoU vs eager (mean / min) | "
           "taping mask IoU vs eager (mean / min) | crack mIoU / Dice | taping mIoU / Dice |")
     print("|---|---|---|---|---|---|---|")

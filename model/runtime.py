@@ -17,6 +17,9 @@ the graph and the embeddings alone, without building the PyTorch model (no timm,
 A changed checkpoint has another hash and is exported again. A Segmenter's graph holds its eval
 weights of the moment; `Segmenter.train()` drops it.
 
+A checkpoint may also ship INT8 graphs beside its weights (`model/quantize.py`, kept only where
+validation mIoU holds): "auto" runs those in preference, 1.8x the fp32 graph here.
+
 CUDA runs stay on PyTorch (half precision), where this buys nothing.
 """
 
