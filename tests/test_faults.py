@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -143,9 +144,10 @@ class Faulty(DaemonProcess):
         self.mounts: list[Path] = []
 
     def send(self, n: int, site: str = "tower-a", side: int | None = None) -> list[Path]:
+        """`n` new photos, made first and then delivered in a burst, as a camera's upload arrives."""
+        photos = [unique_photo(sources()[(self.sent + i) % 40], 1000 + self.sent + i, side) for i in range(n)]
         out = []
-        for _ in range(n):
-            data = unique_photo(sources()[self.sent % 40], 1000 + self.sent, side)
+        for data in photos:
             self.shas.add(hashlib.sha256(data).hexdigest())
             out.append(put(data, self.home / "in" / site / "L1" / f"f{self.sent:03d}.jpg"))
             self.sent += 1
@@ -227,9 +229,16 @@ def test_photos_queued_when_their_share_is_unmounted_are_processed_once_it_is_ba
     d = faulty
     need_mounts(d)
     before = d.done()
-    d.send(12, site="tower-b", side=1600)  # large: processing lags behind intake, so photos wait in the queue
-    d.wait_for("the photos recorded", lambda: d.count("SELECT count(*) FROM photos") == len(d.shas), timeout=60)
-    subprocess.run(["umount", "-l", str(d.home / "in")], check=True)  # the share goes away under the daemon
+    d.send(12, site="tower-b", side=1600)
+    deadline = time.monotonic() + 60
+    while d.count("SELECT count(*) FROM photos") < len(d.shas):  # processing follows recording, so the moment
+        assert time.monotonic() < deadline, "the photos were not recorded"  # all are recorded some still wait
+        time.sleep(0.005)
+    os.kill(d.proc.pid, signal.SIGSTOP)  # held there while the share goes away under it
+    try:
+        subprocess.run(["umount", "-l", str(d.home / "in")], check=True)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
     d.wait_for("the processor to notice", lambda: "vanished before it was processed" in d.log_text() or
                d.done() == before + 12, timeout=60)
     assert d.done() < before + 12, "the unmount came too late to test anything"

@@ -231,7 +231,7 @@ def test_a_folder_link_pointing_outside_the_watch_root_is_not_followed_when_poll
     offered = []
 
     class Settler:  # records what the watcher hands on
-        def offer(self, path: Path, root: Path) -> None:
+        def offer(self, path: Path, root: Path, complete: bool = False) -> None:
             offered.append(path)
 
     stop = threading.Event()
