@@ -56,11 +56,7 @@ def test_a_file_that_changes_after_its_close_waits_the_settle_time(tmp_path):
     s.offer(f, tmp_path, complete=True)
     with f.open("ab") as out:  # its writer opens it again
         out.write(b"more")
-    assert s.ready() == []
-    clock.now += 29.9
-    assert s.ready() == []
-    clock.now += 0.1
-    assert s.ready() == [(f, tmp_path, 0)]
+    assert_ready_after_exactly_the_settle_time(s, clock, f, tmp_path)
 
 
 def test_a_plain_sighting_waits_the_settle_time(tmp_path):
@@ -68,11 +64,15 @@ def test_a_plain_sighting_waits_the_settle_time(tmp_path):
     clock = Clock()
     s = settler(clock)
     s.offer(f, tmp_path)
+    assert_ready_after_exactly_the_settle_time(s, clock, f, tmp_path)
+
+
+def assert_ready_after_exactly_the_settle_time(s: Settler, clock: Clock, f: Path, root: Path) -> None:
     assert s.ready() == []
     clock.now += 29.9
     assert s.ready() == []
     clock.now += 0.1
-    assert s.ready() == [(f, tmp_path, 0)]
+    assert s.ready() == [(f, root, 0)]
 
 
 def test_a_closed_file_intake_found_incomplete_keeps_its_backoff_until_its_writer_changes_it(tmp_path):
