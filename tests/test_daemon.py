@@ -120,7 +120,7 @@ def test_every_dropped_photo_is_processed_once_and_bad_files_are_quarantined(dae
     assert d.count("SELECT count(*) FROM photos") == 31
     assert d.count("SELECT count(DISTINCT sha256) FROM photos") == 31
     assert d.count("SELECT count(*) FROM detections") == 62
-    for name, size in [(first[0].name, (640, 640)), ("slow.jpg", image_size(first_drop.slow))]:
+    for name, size in [(first[1].name, (640, 640)), ("slow.jpg", image_size(first_drop.slow))]:  # first[0] has a twin
         stem = Path(name).stem
         [(out_dir,)] = d.query(f"SELECT output_dir FROM photos WHERE image_id = '{stem}'")
         for prompt in ("segment_crack", "segment_taping_area"):
