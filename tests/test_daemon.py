@@ -69,7 +69,8 @@ def first_drop(daemon) -> FirstDrop:
     data = (CRACKS / "valid").glob("*.jpg").__next__().read_bytes()
     (bad / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (bad / XSS).write_text("not a photo at all\n")
-    shutil.copy(first[0], d.home / "in" / "tower-b" / "copy of first.jpg")
+    shutil.copy(first[0], d.home / "in" / "tower-a" / "copy of first.jpg")  # a twin on the same site: either may
+    # arrive first and be the photo, the other the duplicate
     slow = d.home / "in" / "tower-b" / "L2" / "slow.jpg"
     # a phone sync writing a photo in pieces, slower than events arrive
     put(real_photos(DRYWALL / "valid", 1)[0].read_bytes(), slow, "in place", pieces=6, pause_s=0.3)
