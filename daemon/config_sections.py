@@ -51,9 +51,11 @@ class PromptsConfig(Section):
     prompt too. No prompt may belong to both tasks."""
 
     crack: TaskPrompts = Field(
-        TaskPrompts(canonical="segment crack", synonyms=["segment wall crack"]), description="Crack prompts.")
+        TaskPrompts(canonical="segment crack", synonyms=["segment wall crack", "segment cracks"]),
+        description="Crack prompts.")
     taping: TaskPrompts = Field(
-        TaskPrompts(canonical="segment taping area", synonyms=["segment joint/tape", "segment drywall seam"]),
+        TaskPrompts(canonical="segment taping area",
+                    synonyms=["segment joint/tape", "segment drywall seam", "segment taping"]),
         description="Taping prompts.")
 
     def for_task(self, task: Task) -> TaskPrompts:

@@ -98,3 +98,28 @@ def test_no_help_text_has_a_bracket_that_rich_would_swallow_as_markup():
 
     assert [(where, text) for where, text in texts(typer.main.get_command(app), "qa-daemon") if tag.search(text)] \
         == []
+
+
+def test_status_lists_recent_failures_under_a_heading_of_their_own_below_the_table(cli, tmp_path):
+    from daemon.store import FailureStage, Store
+
+    url = f"sqlite:///{tmp_path / 'qa.sqlite3'}"
+    store = Store.open(url)
+    store.queue.record_failure(tmp_path / "in" / "bad.jpg", FailureStage.intake, "not a JPEG or PNG", attempt=1,
+                               final=True, quarantined_to=tmp_path / "quarantine" / "bad.jpg")
+    store.close()
+    result = cli("status", "--store", url)
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    heading = lines.index("recent failures:")
+    assert lines[heading - 1] == "" and lines[heading - 2].startswith("└")  # a blank line after the table
+    assert "bad.jpg: not a JPEG or PNG -> " in lines[heading + 1]
+
+
+def test_without_a_config_file_the_prompts_are_those_of_the_shipped_config():
+    from pathlib import Path
+
+    from daemon.config import Config, load_config
+
+    shipped = load_config(Path(__file__).resolve().parents[1] / "config.yaml").prompts
+    assert Config().prompts == shipped

@@ -77,6 +77,7 @@ def test_retrain_promotes_through_the_gate_and_versions_can_be_rolled_back(setup
     result = cli("-c", config_path, "retrain", "--quiet")
     assert result.code == 0, result.stderr
     assert "promoted" in result.stdout and "not promoted" not in result.stdout
+    assert "alembic" not in result.stderr.lower() and "Will assume" not in result.stderr  # no set-up chatter
     versions = json.loads(cli("-c", config_path, "model", "list", "--json").stdout)
     assert [(v["status"], v["active"]) for v in versions] == [("retired", False), ("active", True)]
     metrics = versions[1]["metrics"]

@@ -27,11 +27,10 @@ def retrain(
 
     Example: qa-daemon retrain --steps 400
     """
-    import logging
-
+    from daemon.app import log_to_stderr
     from daemon.retrain import retrain as run_retrain
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", force=True)
+    log_to_stderr()  # the daemon's logging: its own lines, not Alembic's set-up chatter
     config = config_of(ctx, store)
     with open_store(config, create=True) as st:
         outcome = run_retrain(config, st, steps=steps, request=request, progress=not quiet)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from daemon.cli.options import JsonOption, StoreOption, config_of, err, out
+from daemon.cli.options import JsonOption, StoreOption, config_of, out
 
 
 def run(
@@ -60,6 +60,8 @@ def status(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption = 
         if key != "paused" or state[key]:
             table.add_row(key.replace("_", " "), str(state[key]))
     out.print(table)
+    if state["recent_failures"]:  # under a heading of their own, apart from the table's border
+        out.print("\nrecent failures:", highlight=False)
     for f in state["recent_failures"]:
-        err.print(f"{f['at']}  {f['path']}: {f['error']}" + (f" -> {f['quarantined_to']}" if f["quarantined_to"]
-                                                            else ""), highlight=False, markup=False)
+        out.print(f"  {f['at']}  {f['path']}: {f['error']}" + (f" -> {f['quarantined_to']}" if f["quarantined_to"]
+                                                              else ""), highlight=False, markup=False, soft_wrap=True)
