@@ -123,3 +123,22 @@ def test_without_a_config_file_the_prompts_are_those_of_the_shipped_config():
 
     shipped = load_config(Path(__file__).resolve().parents[1] / "config.yaml").prompts
     assert Config().prompts == shipped
+
+
+def test_history_rows_stay_whole_in_an_80_column_terminal(tmp_path):
+    from rich.console import Console
+
+    from daemon.cli.reports import history_table
+    from daemon.store import Store
+    from daemon.summary import history
+    from tests.support.store import fill
+
+    store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
+    fill(store, tmp_path, [("tower-a", "2026-11-24", 1.25, "fine"), ("tower-b-east", "2026-11-24", 0.5, "medium")])
+    rows = history(store, None, None, None)
+    store.close()
+    console = Console(width=80, record=True)
+    console.print(history_table(rows, list(rows[0]), "history by day"))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "2026-11-24" in text and "tower-b-east" in text and "0/1/0/0" in text and "0/0/1/0" in text

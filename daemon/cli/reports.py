@@ -95,13 +95,38 @@ def history(
         writer.writeheader()
         writer.writerows(rows)
     else:
-        table = Table(title=f"history by {group_by.value}" + (f", site {site}" if site else ""))
-        for col in columns:
-            table.add_column(col.replace("_", " "), justify="left" if col in ("period", "site") else "right")
-        for r in rows:
-            table.add_row(*["—" if r[c] is None else f"{r[c]:g}" if isinstance(r[c], float) else str(r[c])
-                            for c in columns])
-        out.print(table)
+        out.print(history_table(rows, columns, f"history by {group_by.value}" + (f", site {site}" if site else "")))
+
+
+# short headers (LEGEND says what they are) and the four severity counts in one column: a row fits 80 columns
+HEADERS = {"photos_with_cracks": "cracked", "crack_share_pct": "crk%", "mean_crack_pct": "area%",
+           "crack_length_px": "len px", "crack_length_mm": "len mm", "mean_taping_coverage_pct": "tape%"}
+LEGEND = ("cracked: photos with cracks, crk%: their share; area%: mean crack area; len: crack length; "
+          "h/f/m/w: photos by severity (hairline, fine, medium, wide); tape%: mean taping coverage")
+
+
+def history_table(rows: list[dict], columns: list[str], title: str) -> Table:
+    from daemon.summary import SEVERITIES
+
+    def cell(value) -> str:
+        return "—" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    severities = SEVERITIES[0] in columns
+    table = Table(title=title, caption=LEGEND, box=None, padding=(0, 1), collapse_padding=True, pad_edge=False,
+                  show_edge=False, caption_justify="left")
+    shown = [c for c in columns if c not in SEVERITIES]
+    for col in shown:
+        table.add_column(HEADERS.get(col, col), justify="left" if col in ("period", "site") else "right", no_wrap=True)
+        if col == "crack_length_mm" and severities:
+            table.add_column("h/f/m/w", justify="right", no_wrap=True)
+    for r in rows:
+        cells = []
+        for col in shown:
+            cells.append(cell(r[col]))
+            if col == "crack_length_mm" and severities:
+                cells.append("/".join(cell(r[s]) for s in SEVERITIES))
+        table.add_row(*cells)
+    return table
 
 
 def _day(value: str | None, option: str) -> date | None:
