@@ -30,17 +30,13 @@ from bench import daemon as e2e
 from model import SHIPPED_CHECKPOINT
 from model.checkpoint import load_checkpoint
 from model.data import read_mask, read_rgb
+from model.device import native_bf16
 from model.evaluate import MASKS, score_models
 from model.images import fit_within
 from model.prep import read_manifest
 from model.segmenter import Segmenter
 
 PROMPTS = {"crack": "segment crack", "taping": "segment taping area"}
-
-
-def native_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def bf16_autocast(model: Segmenter):

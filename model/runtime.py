@@ -145,10 +145,14 @@ class CompiledModel(Predictor):
     device = torch.device("cpu")
 
     def __init__(self, card: Card, graph: OnnxGraph, embeddings: dict[str, np.ndarray]):
-        self.backend, self.settings, self.graph, self.runtime = card.backend, card.settings, graph, graph.name
+        self.backend, self.settings, self.graph = card.backend, card.settings, graph
         self.input_size = int(card.settings["input_size"])
         apply_card(self, card)
         self.embeddings = {p: torch.from_numpy(np.asarray(e, np.float32)) for p, e in embeddings.items()}
+
+    @property
+    def runtime(self) -> str:
+        return self.graph.name
 
     def predict_logits(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return self.graph(pixels, torch.stack([self.embeddings[p] for p in prompts]))
@@ -180,13 +184,13 @@ def load_compiled(folder: Path, cache: Path, prompts: list[str], threads: int,
         return None
     if any(p not in embeddings for p in prompts):
         return None
-    sides = Predictor.sides_of(card)
-    graph = shipped_int8(folder, card, sides, threads) if runtime in ("auto", INT8) else None
-    if graph is None and runtime == INT8:
+    model = CompiledModel(card, OnnxGraph(cache, key, threads), embeddings)
+    int8 = shipped_int8(folder, card, model.input_sides, threads) if runtime in ("auto", INT8) else None
+    if int8 is None and runtime == INT8:
         return None  # load_checkpoint says why
-    model = CompiledModel(card, graph or OnnxGraph(cache, key, threads), embeddings)
+    model.graph = int8 or model.graph
     try:
-        for side in sides:
+        for side in model.input_sides:
             model.graph.session(side)
     except Exception as exc:  # noqa: BLE001 - a damaged cache entry: load the checkpoint instead, which remakes it
         log.warning("compiled model in %s not usable (%s); loading the checkpoint", cache, exc)

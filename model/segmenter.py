@@ -99,12 +99,6 @@ class Predictor:
         return sorted({self.inference.get(t, TaskInference()).input_size or self.input_size for t in self.prompts}
                       | {self.input_size})
 
-    @staticmethod
-    def sides_of(card) -> list[int]:
-        """`input_sides` of the model a checkpoint card describes, without loading it."""
-        default = int(card.settings["input_size"])
-        return sorted({(card.inference.get(t) or {}).get("input_size") or default for t in card.prompts} | {default})
-
     @property
     def largest_input_size(self) -> int:
         """The largest side any task runs at: the working resolution a caller should decode to."""

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from model.backends import build
 from model.checkpoint import Card, load_checkpoint, save_checkpoint
 from model.data import Augment, ImageCache, SegmentationSet, balanced_sampler
-from model.device import resolve_device
+from model.device import native_bf16, resolve_device
 from model.errors import CheckpointError, DataError
 from model.evaluate import RAW, samples_from_labels, score_models
 from model.losses import bce_dice, bce_lovasz
@@ -292,10 +292,9 @@ def _init_from(model: Segmenter, folder: Path, device: torch.device) -> None:
 def _cpu_bf16_faster(model: Segmenter, s: TrainSettings) -> bool:
     """Whether bf16 autocast trains faster than fp32 on this CPU: a few timed steps of each.
 
-    Only CPUs with native bf16 (AMX or AVX512-BF16) can gain; elsewhere bf16 is emulated and slower.
+    Only CPUs with native bf16 can gain.
     """
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    if "amx_bf16" not in flags and "avx512_bf16" not in flags:
+    if not native_bf16():
         return False
     size = s.augment.crop_size
     pixels = torch.rand(s.batch_size, 3, size, size) * 255

@@ -4,10 +4,8 @@ promoted and rolled back."""
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import cv2
@@ -20,8 +18,8 @@ from daemon.retrain import check, gate, score, split_validation
 from daemon.store import Store
 from model.checkpoint import read_card, weights_sha256
 from model.postprocess import TaskInference
-from model.prep import MANIFEST, Row
-from tests.support.datasets import CRACK_CLASS, CRACKS, DRYWALL, copy_pairs, stems_of
+from model.prep import Row
+from tests.support.datasets import CRACK_CLASS, CRACKS, DRYWALL, copy_pairs, stems_of, write_manifest
 
 
 @pytest.fixture
@@ -201,10 +199,7 @@ def prepared_photos(tmp_path) -> tuple[Path, list[Row], list[Row]]:
         cv2.imwrite(row.image, rgb[..., ::-1])
         cv2.imwrite(str(tmp_path / row.mask), mask)
         row.mask_area = float((mask > 0).mean())
-    with (tmp_path / MANIFEST).open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, [f.name for f in fields(Row)])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    write_manifest(tmp_path, rows)
     return tmp_path, calibration, gate_part
 
 

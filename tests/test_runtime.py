@@ -162,12 +162,10 @@ def test_without_its_graph_or_prompts_in_the_cache_a_checkpoint_is_loaded_in_ful
 @pytest.fixture
 def prepared_both(tmp_path) -> Path:
     """A prepared folder of tiny synthetic photos: 4 train and 4 valid per task, with masks."""
-    import csv
-    from dataclasses import asdict, fields
-
     import cv2
 
-    from model.prep import MANIFEST, Row
+    from model.prep import Row
+    from tests.support.datasets import write_manifest
 
     folder = tmp_path / "prepared"
     (folder / "masks").mkdir(parents=True)
@@ -184,10 +182,7 @@ def prepared_both(tmp_path) -> Path:
             rows.append(Row(image=str(folder / f"{name}.png"), mask=f"masks/{name}.png", task=task, prompt=prompt,
                             stem=name, split="train" if i < 4 else "valid", objects=1, mask_area=0.1,
                             dataset=task, source_split="train", width=64, height=64))
-    with (folder / MANIFEST).open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, [f.name for f in fields(Row)])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    write_manifest(folder, rows)
     return folder
 
 

@@ -64,3 +64,16 @@ def small_exports(tmp_path: Path) -> dict[str, Path]:
     copy_pairs(DRYWALL / "train", drywall / "train", shared[:3] + train_only[:1])
     copy_pairs(DRYWALL / "valid", drywall / "valid", shared[:3], per_stem=1)
     return {"cracks": cracks, "drywall": drywall}
+
+
+def write_manifest(folder: Path, rows: list) -> None:
+    """`rows` (model.prep.Row, masks relative to `folder`) as the prepared folder's manifest.csv."""
+    import csv
+    from dataclasses import asdict, fields
+
+    from model.prep import MANIFEST, Row
+
+    with (folder / MANIFEST).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, [f.name for f in fields(Row)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
