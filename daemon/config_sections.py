@@ -201,6 +201,11 @@ class StoreConfig(Section):
 
     url: str = Field("sqlite:///qa-daemon.sqlite3", description="SQLAlchemy URL of the results store; a "
                      "relative SQLite path is relative to the config file.")
+    synchronous: Literal["off", "normal", "full", "extra"] = Field(
+        "full", description="SQLite's synchronous level: full makes each commit survive a power cut; normal "
+        "may lose the last commits (never corrupts). PostgreSQL: the server's own settings decide.")
+    allow_network_fs: bool = Field(False, description="Let a SQLite store sit on a network filesystem (NFS, "
+                                   "SMB, sshfs), where its locking is unsafe; use a local path or PostgreSQL.")
 
 
 class OutputsConfig(Section):
@@ -213,6 +218,8 @@ class OutputsConfig(Section):
     quarantine: Path = Field(Path("quarantine"), description="Photos that failed max_attempts times.")
     min_free_mb: float = Field(100.0, ge=0, description="Intake and processing pause while the outputs disk has "
                                "less free space; they resume by themselves.")
+    fsync: bool = Field(True, description="Flush masks and overlays (and their folder) to disk before their "
+                        "photo is recorded done, so a power cut cannot leave a result pointing at a lost file.")
 
 
 class ScheduleConfig(Section):
@@ -228,7 +235,10 @@ class ScheduleConfig(Section):
                                        "null keeps them.")
     retention_max_gb: float | None = Field(None, gt=0, description="Disk budget for outputs: the oldest days are "
                                            "deleted beyond it; null: none.")
-    reports_dir: Path = Field(Path("reports/out"), description="Where HTML reports are written.")
+    reports_dir: Path = Field(Path("outputs/reports"), description="Where HTML reports are written.")
+    scrub: str | None = Field("sun 04:00", description="'dow HH:MM' of the weekly scrub (every done photo's masks "
+                              "and overlay checked); null disables.")
+    scrub_startup_days: int = Field(2, ge=0, description="Capture days the scrub at start-up checks (0: none).")
     retention_at: str = Field("03:30", description="HH:MM of the daily clean-up of old outputs.")
 
     @field_validator("timezone")

@@ -184,6 +184,7 @@ class Daemon(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     paused: Mapped[str | None] = mapped_column(Text)  # why it takes no work now (a full disk), or None
+    waiting: Mapped[str | None] = mapped_column(Text)  # JSON: the files it lets settle or waits on, for status
 
 
 class LabeledImage(Base):
