@@ -1,4 +1,4 @@
-"""Defect measurements of one mask: area, pieces, and for cracks length, width and severity.
+"""Defect measurements of one mask: area, pieces, length; for cracks also width and severity.
 
     m = measure(mask, prob, scale=4.46, task="crack", mm_per_pixel=0.2, severity=config.measure.severity,
                 min_component_px=16, area_px=123456)
@@ -16,7 +16,10 @@ the model itself sees the photo at its input size.
 - max width: twice the largest distance from the skeleton to the mask's edge, minus one
   (a one-pixel line is one pixel wide);
 - severity: the class of the max width in mm (config `measure.severity`), only where the
-  site's `mm_per_pixel` is known.
+  site's `mm_per_pixel` is known;
+- taping: length as for cracks (the taped joints' centre lines; its components are the taped
+  segments), thinned on the mask reduced to TAPING_SIDE px (`taping_length`); no width or severity,
+  a strip of tape is as wide as its roll.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ from skimage.morphology import skeletonize
 
 from daemon.config import SeverityConfig
 from model.postprocess import components
+
+# Taped joints are bands tens of pixels wide, and thinning costs as many passes as a band is wide: a photo all
+# tape took 380 ms at 896 px and 11 ms at 256 px; three 35-40 px joints 35 ms and 3 ms. Lengths agree within
+# 5% on drawn shapes, 1% on the labeled joints of 12 real photos (tests/test_measurements.py).
+TAPING_SIDE = 256
 
 
 def skeleton_length(skeleton: np.ndarray) -> float:
@@ -61,6 +69,20 @@ def crack_lines(labels: np.ndarray, stats: np.ndarray) -> tuple[float, float]:
     return length, width
 
 
+def taping_length(mask: np.ndarray) -> float:
+    """Skeleton length of a taping mask in its own pixels, thinned at most TAPING_SIDE px on its longest side.
+
+    The mask is reduced by area and any pixel at least a quarter taped is kept, so a strip thinner
+    than the reduction is still measured."""
+    h, w = mask.shape
+    k = max(h, w) / TAPING_SIDE
+    if k > 1:
+        mask = cv2.resize(mask.astype(np.uint8) * 255, (max(1, round(w / k)), max(1, round(h / k))),
+                          interpolation=cv2.INTER_AREA) >= 64
+    _, labels, stats, _ = components(mask.astype(np.uint8))
+    return crack_lines(labels, stats)[0] * max(k, 1.0)
+
+
 def measure(mask: np.ndarray, prob: np.ndarray, scale: float, task: str, mm_per_pixel: float | None,
             severity: SeverityConfig, min_component_px: int, area_px: int) -> dict[str, Any]:
     """The detection columns of one (photo, prompt): see `daemon.store.Detection`.
@@ -77,6 +99,8 @@ def measure(mask: np.ndarray, prob: np.ndarray, scale: float, task: str, mm_per_
     out["components"] = int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] * scale * scale >= min_component_px))
     if task == "taping":
         out["coverage_pct"] = out["area_pct"]
+        out["length_px"] = taping_length(mask) * scale
+        out["length_mm"] = out["length_px"] * mm_per_pixel if mm_per_pixel is not None else None
     if task != "crack":
         return out
     length, width = crack_lines(labels, stats)

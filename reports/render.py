@@ -1,28 +1,33 @@
-"""HTML QA reports: one page per day or week (all sites or one), and an index of every report.
+"""HTML QA reports: one page per day or week (all sites or one), each site's photos in tables, an index.
 
     from reports.render import render_report
-    render_report(summary, Path("reports/out"))                       # -> reports/out/daily-2026-11-24.html
-    render_report(summary, Path("reports/out"), self_contained=True)  # thumbnails inlined: one file to mail
+    render_report(summary, Path("outputs/reports"))                       # -> outputs/reports/daily-2026-11-24.html
+    render_report(summary, Path("outputs/reports"), self_contained=True)  # thumbnails inlined: one file to mail
 
 `summary` is plain data (dicts, lists, strings, numbers, None) that the daemon side computes
-from the store; this package never imports `daemon/` or the model code (only `model.files`, for atomic
-writes), so it is tested with a dict.
+from the store (daemon/summary.py says what each key holds); this package never imports `daemon/` or
+the model code (only `model.files`, for atomic writes), so it is tested with a dict.
 Every string from the summary is escaped by the templates (autoescape on, nothing given is ever
 marked safe); only the charts go in as markup, and `reports.charts` builds those from numbers.
 The pages have no JavaScript and load nothing from the network.
+
+A report shows, for all sites and for each site, cracks and taping side by side: headline figures with a
+line on what each means for QA, the worst crack photos and the photos with the most and the least taping
+as overlay thumbnails, distributions, and 30-day trends. Where a site has no scale (`mm_per_pixel`), it
+says so and names the config key, gives widths in pixels, and shows no severity classes.
 
 Files written under `out_dir`, each atomically (a reader sees the old file or the new one):
 
     daily-2026-11-24.html, weekly-2026-11-23-tower-a.html   the reports
     index.html                                              every report there, newest first
     index.json                                              the index's data, one entry per report
-    thumbs/<hash of the overlay path>.jpg                   worst-photo thumbnails (not when self-contained)
+    thumbs/<hash of the overlay path>.jpg                   thumbnails (not when self-contained)
+    photos/<day>/<site>/by-<column>.html                    every photo of a site and day (reports.photos)
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import io
 import json
@@ -34,89 +39,36 @@ from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from model.files import write_atomic
-from reports.charts import finite, line_chart
+from reports.charts import bar_chart, line_chart
+from reports.html import DASH, ReportError, environment, link, num, pct, safe_name, text
+from reports.photos import day_page, write_day_tables
 
 log = logging.getLogger("qa-daemon")
 
-TEMPLATES = Path(__file__).parent / "templates"
 THUMBS = "thumbs"  # folder under out_dir, shared by every report there
 THUMB_SIDE = 320  # longest side of a thumbnail, in pixels
 KINDS = ("daily", "weekly")
 REPORT_NAME = re.compile(r"(daily|weekly)-(\d{4}-\d{2}-\d{2})(?:-(.*))?\.html")
-DASH = "—"
 INDEX_DATA = "index.json"  # what the index lists about each report, written with the report
-# (trend key, chart title, unit): the charts drawn for all sites and for each site
-CHARTS = (
+# (trend key, chart title, unit): the 30-day charts of cracks and of taping, for all sites and for each site;
+# a length is charted in mm where every photo had the site's scale, else in px
+CRACK_CHARTS = (
     ("photos", "Photos processed per day", "photos"),
     ("crack_share_pct", "Share of photos with cracks", "%"),
+    ("crack_length", "Crack length per day", None),
+)
+TAPING_CHARTS = (
+    ("taping_share_pct", "Share of photos with taping", "%"),
     ("taping_coverage_pct", "Mean taping coverage", "%"),
+    ("taping_length", "Taped length per day", None),
 )
 
 
-class ReportError(ValueError):
-    """The summary cannot be rendered: a key that names the report is missing or malformed."""
-
-
-# ---- numbers as people read them -----------------------------------------------------------------
-
-def num(v: object) -> str:
-    n = finite(v)
-    return DASH if n is None else f"{round(n):,}"
-
-
-def pct(v: object) -> str:
-    n = finite(v)
-    return DASH if n is None else f"{n:.1f}%"
-
-
-def crack_length(px: object, mm: object = None) -> str:
-    """Millimetres when the site's scale is known, else pixels; rounded."""
-    if (n := finite(mm)) is not None:
-        return f"{round(n):,} mm"
-    return DASH if (n := finite(px)) is None else f"{round(n):,} px"
-
-
-def crack_width(px: object, mm: object = None) -> str:
-    """A crack width: one decimal in millimetres, else whole pixels."""
-    if (n := finite(mm)) is not None:
-        return f"{n:.1f} mm"
-    return DASH if (n := finite(px)) is None else f"{round(n):,} px"
-
-
-def area(px: object) -> str:
-    n = finite(px)
-    return DASH if n is None else f"{round(n):,} px²"
-
-
-def when(v: object) -> str:
-    """An ISO timestamp as '2026-11-24 10:02:11'."""
-    return str(v).replace("T", " ", 1) if v else DASH
-
-
-@functools.cache
-def environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(["html"], default_for_string=True),
-        undefined=StrictUndefined,  # a typo in a template fails the render instead of printing nothing
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(num=num, pct=pct, crack_length=crack_length, crack_width=crack_width, area=area, when=when)
-    return env
-
-
 # ---- files ---------------------------------------------------------------------------------------
-
-def safe_name(text: str) -> str:
-    """`text` usable in a file name: only letters, digits, '_', '.' and '-'."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", text)
-
 
 def report_name(kind: str, day: str, site: str | None) -> str:
     """The report's file name: 'daily-2026-11-24.html', 'weekly-2026-11-23-tower-a.html'."""
@@ -173,15 +125,6 @@ def _thumb_file(overlay: Path, out_dir: Path) -> tuple[str, tuple[int, int]]:
     return f"{THUMBS}/{name}", size
 
 
-def _link(target: Path, out_dir: Path) -> str:
-    """A URL to `target` relative to out_dir; percent-quoting also keeps a ':' from reading as a scheme."""
-    try:
-        rel = os.path.relpath(target, out_dir.absolute())
-    except ValueError:  # another drive on Windows: no relative path exists
-        return target.as_uri()
-    return quote(Path(rel).as_posix())
-
-
 def thumb(overlay: object, out_dir: Path, self_contained: bool) -> Thumb:
     """The thumbnail and full-size link of one overlay; a missing or unreadable one gets the placeholder."""
     if not isinstance(overlay, str) or not overlay:
@@ -198,7 +141,7 @@ def thumb(overlay: object, out_dir: Path, self_contained: bool) -> Thumb:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("%s: no thumbnail for the report (%s)", path, exc)
         return Thumb(None, None)
-    return Thumb(src, _link(path, out_dir), size)
+    return Thumb(src, link(path, out_dir), size)
 
 
 # ---- the page's data -----------------------------------------------------------------------------
@@ -207,39 +150,68 @@ def _dicts(v: object) -> list[dict]:
     return [d for d in v if isinstance(d, dict)] if isinstance(v, list) else []
 
 
-def _text(v: object) -> str:
-    return DASH if v is None else str(v)
+def _dict(v: object) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
-def charts(trend: list[dict]) -> list[Markup]:
-    """The trend charts, sized to sit three in a row at about their natural size (text stays legible)."""
-    return [line_chart([(_text(row.get("day")), row.get(key)) for row in trend], title, unit, width=360, height=170)
-            for key, title, unit in CHARTS]
+def charts(trend: list[dict], specs: tuple, in_mm: bool) -> list[Markup]:
+    """Trend charts, sized to sit three in a row at about their natural size (text stays legible)."""
+    out = []
+    for key, title, unit in specs:
+        if unit is None:  # a length: mm where the whole period had the scale
+            key, unit = (f"{key}_mm", "mm") if in_mm else (f"{key}_px", "px")
+        out.append(line_chart([(text(row.get("day")), row.get(key)) for row in trend], title, unit,
+                              width=360, height=170))
+    return out
 
 
-def _worst(w: dict, out_dir: Path, self_contained: bool) -> dict:
-    severity = w.get("severity")
+def distribution(classes: object, title: str, unit: str) -> Markup | None:
+    """A bar chart of [{"label", "photos"}] classes; None when no photo falls in any."""
+    bars = [(text(c.get("label")), c.get("photos")) for c in _dicts(classes)]
+    return bar_chart(bars, title, unit) if any(n for _, n in bars) else None
+
+
+def _shot(p: dict, out_dir: Path, self_contained: bool) -> dict:
+    """A photo shown as a thumbnail: its figures, its overlay's thumbnail and full-size link."""
+    severity = p.get("crack_severity")
     return {
-        "name": _text(w.get("name")), "location": w.get("location"), "captured_at": w.get("captured_at"),
-        "crack_pct": w.get("crack_pct"), "length_px": w.get("length_px"),
-        "max_width_px": w.get("max_width_px"), "max_width_mm": w.get("max_width_mm"),
-        "severity": severity, "severity_class": safe_name(str(severity)),  # base.html colours the known classes
-        "thumb": thumb(w.get("overlay"), out_dir, self_contained),
+        **{k: p.get(k) for k in ("location", "captured_at", "crack_pct", "crack_length_px", "crack_length_mm",
+                                 "crack_max_width_px", "crack_max_width_mm", "taping_coverage_pct",
+                                 "taping_components", "taping_length_px", "taping_length_mm")},
+        "name": text(p.get("name")), "severity": severity,
+        "severity_class": safe_name(str(severity)),  # base.html colours the known classes
+        "thumb": thumb(p.get("overlay_path"), out_dir, self_contained),
     }
 
 
-def figures(raw: dict, out_dir: Path, self_contained: bool, anchor: str = "") -> dict:
-    """One SITE_FIGURES dict, every key present (None where absent), thumbnails made, charts drawn."""
-    keys = ("photos", "with_cracks", "crack_share_pct", "crack_length_px", "crack_length_mm", "crack_area_px",
-            "mean_crack_pct", "taping_coverage_pct", "failures")
-    site = _text(raw.get("site"))
-    severity = raw.get("severity") if isinstance(raw.get("severity"), dict) else {}
+FIGURES = ("photos", "failures", "photos_scaled", "with_cracks", "crack_share_pct", "crack_length_px",
+           "crack_length_mm", "crack_area_px", "mean_crack_pct", "widest_crack_px", "widest_crack_mm",
+           "with_taping", "taping_share_pct", "taping_coverage_pct", "taping_segments", "taping_length_px",
+           "taping_length_mm")
+
+
+def figures(raw: dict, out_dir: Path, self_contained: bool, anchor: str = "", days: list[dict] | None = None) -> dict:
+    """One site's figures (or all sites'), every key present (None where absent), thumbnails made, charts
+    drawn; `days`: the site's tables of all photos, one per capture day."""
+    scale = raw.get("scale") if raw.get("scale") in ("all", "some", "none") else None
+    severity = _dict(raw.get("severity"))
+    shots = {k: [_shot(p, out_dir, self_contained) for p in _dicts(raw.get(k))]
+             for k in ("worst", "most_taping", "least_taping")}
+    trend = _dicts(raw.get("trend"))
     return {
-        **{k: raw.get(k) for k in keys},
-        "site": site, "anchor": anchor,
-        "severity": [(str(name), n, safe_name(str(name))) for name, n in severity.items()],
-        "worst": [_worst(w, out_dir, self_contained) for w in _dicts(raw.get("worst"))],
-        "charts": charts(_dicts(raw.get("trend"))),
+        **{k: raw.get(k) for k in FIGURES}, **shots,
+        "site": text(raw.get("site")), "anchor": anchor, "scale": scale,
+        "sites_without_scale": [str(s) for s in raw.get("sites_without_scale") or [] if s is not None],
+        # classes only where widths were measured in mm: a site without a scale has none, not zeros
+        "severity": [(str(name), n, safe_name(str(name))) for name, n in severity.items()]
+        if scale in ("all", "some") else [],
+        "quartiles": _dict(raw.get("taping_coverage_quartiles")) or None,
+        "width_chart": None if scale == "all" else distribution(
+            raw.get("crack_widths_px"), "Photos by widest crack", "px"),
+        "coverage_chart": distribution(raw.get("taping_coverage_classes"), "Photos with taping, by % taped", "%"),
+        "crack_charts": charts(trend, CRACK_CHARTS, scale == "all"),
+        "taping_charts": charts(trend, TAPING_CHARTS, scale == "all"),
+        "days": days or [],
     }
 
 
@@ -247,22 +219,33 @@ def _failure(f: dict) -> dict:
     return {k: f.get(k) for k in ("at", "path", "stage", "error", "quarantined_to")}
 
 
+def day_tables(raw: dict, where: str, out_dir: Path) -> list[dict]:
+    """Write the site's tables of all photos; per capture day, its photos and the link to its table."""
+    site = text(raw.get("site"))
+    counts = write_day_tables(site, _dicts(raw.get("all_photos")), out_dir, where)
+    return [{"day": day, "photos": n, "href": quote(day_page(day, site))} for day, n in counts.items()]
+
+
 def context(summary: dict, out_dir: Path, self_contained: bool) -> dict:
     kind, day, site = _checked(summary)
-    period = summary.get("period") if isinstance(summary.get("period"), dict) else {}
-    start, end = _text(period.get("start", day)), _text(period.get("end", day))
-    title = _text(summary.get("title") or f"{kind.capitalize()} QA report")
-    totals = summary.get("totals") if isinstance(summary.get("totals"), dict) else {}
+    period = _dict(summary.get("period"))
+    start, end = text(period.get("start", day)), text(period.get("end", day))
+    title = text(summary.get("title") or f"{kind.capitalize()} QA report")
+    totals = _dict(summary.get("totals"))
     versions = summary.get("model_versions") if isinstance(summary.get("model_versions"), list) else []
+    sites = []
+    for i, s in enumerate(_dicts(summary.get("sites")), start=1):
+        days = day_tables(s, f"summary['sites'][{i - 1}]['all_photos']", out_dir)
+        sites.append(figures(s, out_dir, self_contained, f"site-{i}", days))
     return {
         "kind": kind, "date": day, "start": start, "end": end, "title": title,
         "site": site, "scope": "All sites" if site is None else site,
         "generated_at": summary.get("generated_at"),
         "model_versions": [str(v) for v in versions],
-        # the worst photos are shown per site, where they can be found; not again for all sites
-        "totals": figures({**totals, "site": totals.get("site") or "All sites", "worst": []}, out_dir, self_contained),
-        "sites": [figures(s, out_dir, self_contained, f"site-{i}")
-                  for i, s in enumerate(_dicts(summary.get("sites")), start=1)],
+        # photos are shown per site, where they can be found; not again for all sites
+        "totals": figures({**totals, "site": totals.get("site") or "All sites", "worst": [], "most_taping": [],
+                           "least_taping": []}, out_dir, self_contained),
+        "sites": sites,
         "failures": [_failure(f) for f in _dicts(summary.get("failures"))],
     }
 
@@ -270,10 +253,11 @@ def context(summary: dict, out_dir: Path, self_contained: bool) -> dict:
 # ---- public API ----------------------------------------------------------------------------------
 
 def render_report(summary: dict, out_dir: Path, self_contained: bool = False) -> Path:
-    """Write the report for `summary` into `out_dir` (created if missing), refresh the index; the report's path.
+    """Write the report for `summary` into `out_dir` (created if missing), with each site's tables of all
+    photos under photos/, and refresh the index; the report's path.
 
     Self-contained: thumbnails are inlined as data: URIs and nothing is written under thumbs/,
-    so the one file can be mailed (the links to full-size overlays still point at the files).
+    so the one file can be mailed (the links to full-size overlays and to the tables still point at the files).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,7 @@ def test_no_crack_measures_zero_and_taping_reports_coverage():
     tape[0, 40] = True  # a speck below min_component_px is not a component
     t = measure(tape, np.ones((50, 50), np.float32), 1.0, "taping", None, SeverityConfig(), 16, int(tape.sum()))
     assert t["components"] == 1 and t["coverage_pct"] == pytest.approx(100 * tape.mean())
-    assert t["length_px"] is None
+    assert t["length_px"] == pytest.approx(41.8, abs=1) and t["length_mm"] is None  # the band's length
 
 
 @pytest.mark.parametrize(("width_mm", "severity"), [(0.05, "hairline"), (0.1, "fine"), (1.0, "fine"),

@@ -64,11 +64,14 @@ def history(
     group_by: Annotated[GroupBy, typer.Option(help="Row per day, week or month.")] = GroupBy.day,
     prompt: Annotated[str | None, typer.Option(help="Only this prompt's figures (or a synonym).")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    wide: Annotated[bool, typer.Option(help="Table of every column (csv and json always have them).")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Trend rows from the results store: photos, share with cracks, mean crack %, crack length, severity.
+    """Trend rows from the results store: photos, cracks (share, length, severity) and taping (share,
+    coverage, segments, length).
 
-    Rows are per period and site, by capture day. The same figures are in the SQL view
+    Rows are per period and site, by capture day. The table shows the key columns so that it fits an
+    80-column terminal; --wide, csv and json have every column. The same figures are in the SQL view
     daily_site_summary for any SQL tool (docs/store.md: "Querying the history with SQL").
 
     Example: qa-daemon history --site tower-a --group-by week --format csv
@@ -95,37 +98,82 @@ def history(
         writer.writeheader()
         writer.writerows(rows)
     else:
-        out.print(history_table(rows, columns, f"history by {group_by.value}" + (f", site {site}" if site else "")))
+        title = f"history by {group_by.value}" + (f", site {site}" if site else "")
+        table = history_table(rows, columns, title, wide)
+        if wide:  # every column at its full width (the terminal wraps what does not fit), not squeezed into it
+            from rich.console import Console
+
+            needed = out.measure(table, options=out.options.update_width(10_000)).maximum
+            Console(width=max(out.width, needed)).print(table)
+        else:
+            out.print(table)
 
 
-# short headers (LEGEND says what they are) and the four severity counts in one column: a row fits 80 columns
-HEADERS = {"photos_with_cracks": "cracked", "crack_share_pct": "crk%", "mean_crack_pct": "area%",
-           "crack_length_px": "len px", "crack_length_mm": "len mm", "mean_taping_coverage_pct": "tape%"}
-LEGEND = ("cracked: photos with cracks, crk%: their share; area%: mean crack area; len: crack length; "
-          "h/f/m/w: photos by severity (hairline, fine, medium, wide); tape%: mean taping coverage")
+# The table's columns: (key, short header). The default shows the key columns, made to fit 80 columns: each
+# length in mm where the site has a scale, else in px, and the four severity counts in one column; --wide
+# shows every column of the rows. LEGEND says what the headers mean.
+KEY_COLUMNS = (("period", "period"), ("site", "site"), ("photos", "photos"), ("crack_share_pct", "crk%"),
+               ("crack_length", "crk len"), ("severity", "h/f/m/w"), ("taping_share_pct", "tape%"),
+               ("mean_taping_coverage_pct", "cov%"), ("taping_length", "tape len"))
+WIDE_HEADERS = {"photos_with_cracks": "cracked", "crack_share_pct": "crk%", "mean_crack_pct": "area%",
+                "crack_length_px": "crk px", "crack_length_mm": "crk mm", "hairline": "h", "fine": "f",
+                "medium": "m", "wide": "w", "photos_with_taping": "taped", "taping_share_pct": "tape%",
+                "mean_taping_coverage_pct": "cov%", "taping_segments": "segs", "taping_length_px": "tape px",
+                "taping_length_mm": "tape mm"}
+LEGEND = ("crk%: share of photos with cracks; crk len: crack length (mm where the site has a scale, else px); "
+          "h/f/m/w: photos by severity (hairline, fine, medium, wide), — without a scale; tape%: share of photos "
+          "with taping; cov%: mean taping coverage; tape len: taped length. More columns: --wide, csv, json.")
+WIDE_LEGEND = ("cracked: photos with cracks, crk%: their share; area%: mean crack area; crk: crack length; "
+               "h, f, m, w: photos by severity (hairline, fine, medium, wide); taped: photos with taping, "
+               "tape%: their share; cov%: mean taping coverage; segs: taped segments; tape: taped length")
 
 
-def history_table(rows: list[dict], columns: list[str], title: str) -> Table:
+def _cell(value) -> str:
+    """A figure as the table shows it: whole numbers with thousands separators from 1,000 up, never 1e+06."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _length(mm: float | None, px: float | None) -> str:
+    """A length in at most 8 characters: mm, or m from a metre; else px, in k or M from 10,000."""
+    if mm is not None:
+        return f"{mm:.0f} mm" if mm < 1000 else f"{mm / 1000:,.1f} m" if mm < 100_000 else f"{mm / 1000:,.0f} m"
+    if px is None:
+        return "—"
+    return f"{px:,.0f} px" if px < 10_000 else f"{px / 1000:.0f}k px" if px < 1e6 else f"{px / 1e6:.1f}M px"
+
+
+def _key_cell(row: dict, key: str) -> str:
+    """A cell of the default table, short: the derived columns are worked out from the row, shares and
+    means have one decimal (csv and json have them whole)."""
     from daemon.summary import SEVERITIES
 
-    def cell(value) -> str:
-        return "—" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    value = row.get(key)
+    if key in ("crack_length", "taping_length"):
+        return _length(row.get(f"{key}_mm"), row.get(f"{key}_px"))
+    if key == "severity":  # zeros would say "no cracks" where the site has no scale to class them
+        return "—" if row.get("crack_length_mm") is None else "/".join(_cell(row[s]) for s in SEVERITIES)
+    if isinstance(value, float):
+        return f"{value:.1f}".removesuffix(".0")
+    return _cell(value)
 
-    severities = SEVERITIES[0] in columns
-    table = Table(title=title, caption=LEGEND, box=None, padding=(0, 1), collapse_padding=True, pad_edge=False,
-                  show_edge=False, caption_justify="left")
-    shown = [c for c in columns if c not in SEVERITIES]
-    for col in shown:
-        table.add_column(HEADERS.get(col, col), justify="left" if col in ("period", "site") else "right", no_wrap=True)
-        if col == "crack_length_mm" and severities:
-            table.add_column("h/f/m/w", justify="right", no_wrap=True)
+
+def history_table(rows: list[dict], columns: list[str], title: str, wide: bool = False) -> Table:
+    table = Table(title=title, caption=WIDE_LEGEND if wide else LEGEND, box=None, padding=(0, 1),
+                  collapse_padding=True, pad_edge=False, show_edge=False, caption_justify="left")
+    if wide:
+        shown = [(c, WIDE_HEADERS.get(c, c)) for c in columns]
+    else:  # the key columns these rows have (--prompt keeps one task's)
+        present = set(columns) | {c[:-3] for c in columns if c.endswith("_mm")}
+        present |= {"severity"} if "hairline" in columns else set()
+        shown = [(key, header) for key, header in KEY_COLUMNS if key in present]
+    for key, header in shown:
+        table.add_column(header, justify="left" if key in ("period", "site") else "right", no_wrap=True)
     for r in rows:
-        cells = []
-        for col in shown:
-            cells.append(cell(r[col]))
-            if col == "crack_length_mm" and severities:
-                cells.append("/".join(cell(r[s]) for s in SEVERITIES))
-        table.add_row(*cells)
+        table.add_row(*(_cell(r.get(key)) if wide else _key_cell(r, key) for key, _ in shown))
     return table
 
 
