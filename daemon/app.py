@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, WatchConfig
 from daemon.days import today_start_utc
 from daemon.intake import IntakeWorker
 from daemon.paths import present
@@ -52,6 +53,11 @@ if TYPE_CHECKING:  # torch, OpenCV and the model code: `start()` imports them on
     from model.segmenter import Predictor
 
 log = logging.getLogger("qa-daemon")
+PUBLISH_S = 1.0  # the files not taken yet show in `qa-daemon status` this soon after they change
+# libraries whose INFO lines are set-up chatter ("Will assume non-transactional DDL", "Added job", inotify
+# watches, model downloads, graph passes): a command's log shows them only from WARNING
+CHATTY = ("alembic", "apscheduler", "watchdog", "PIL", "transformers", "huggingface_hub", "httpx", "urllib3",
+          "filelock", "onnx_ir", "onnxscript")
 
 
 CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
@@ -66,12 +72,12 @@ class OneLine(logging.Formatter):
 
 
 def log_to_stderr() -> None:
-    """The daemon's logging (`qa-daemon run`): INFO and up on stderr, one line per record (`OneLine`);
-    the chatter of watchdog, alembic, PIL and apscheduler only from WARNING."""
+    """The daemon's logging (`qa-daemon run`, `retrain`): INFO and up on stderr, one line per record
+    (`OneLine`); the chatter of the libraries in `CHATTY` only from WARNING."""
     handler = logging.StreamHandler()  # sys.stderr
     handler.setFormatter(OneLine("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    for noisy in ("watchdog", "alembic", "PIL", "apscheduler"):
+    for noisy in CHATTY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -91,32 +97,71 @@ def pause_recorder(store: Store, worker: str, folder: Path):
     return on_change
 
 
+def make_default_root(config: Config, roots: list[Path]) -> None:
+    """On a first run, make the default watch root (`incoming` beside the config file) when it is one of
+    `roots`, so that `qa-daemon run` on a fresh clone just works. Any other missing root is only reported:
+    it may be a share not mounted yet, and a folder made in its place would hide that."""
+    default = (config.source.parent / WatchConfig().roots[0]).absolute()
+    if default in roots and not os.path.lexists(default):
+        default.mkdir(exist_ok=True)
+        log.info("made the watch folder %s; photos go in %s", default, default / "<site>" / "<location>")
+
+
 class Heartbeat(threading.Thread):
     """Marks this daemon alive in the store and logs the queue's state every `watch.heartbeat_s`, so a
-    silent daemon is visibly alive."""
+    silent daemon is visibly alive; publishes the files not taken yet (`Settler.snapshot()`) for `status`
+    within `PUBLISH_S` of a change, as a heartbeat (a minute by default) would be too late to explain
+    a file just dropped."""
 
     def __init__(self, config: Config, stop_event: threading.Event, store: Store, settler: Settler,
                  watcher: Watcher, space: Space, worker: str):
         super().__init__(name="heartbeat", daemon=True)
         self.config, self.stop_event, self.store, self.settler = config, stop_event, store, settler
         self.watcher, self.space, self.worker = watcher, space, worker
+        self.written: dict | None = None  # the snapshot last published
 
     def run(self) -> None:
-        last = None
-        while not self.stop_event.wait(self.config.watch.heartbeat_s):
-            try:
-                self.store.runs.beat(self.worker, self.space.paused)
-                c = self.store.queue.counts(today_start_utc())
-            except Exception as exc:  # noqa: BLE001 - a heartbeat reports trouble, it never dies of it
-                log.warning("heartbeat: store not readable (%s)", exc)
-                continue
-            since = f" (+{c['processed'] - last})" if last is not None else ""
-            trouble = (f", roots missing: {len(self.watcher.missing)}" if self.watcher.missing else "") + (
-                f", vanished files: {c['missing']}" if c["missing"] else "") + (
-                f", PAUSED: {self.space.paused}" if self.space.paused else "")
-            log.info("heartbeat: %d processed%s, %d pending, %d settling, %d failed, %d duplicates%s",
-                     c["processed"], since, c["pending"], len(self.settler), c["failed"], c["duplicates"], trouble)
-            last = c["processed"]
+        period = self.config.watch.heartbeat_s
+        last, published, beat_at = None, -1, time.monotonic() + period
+        while not self.stop_event.wait(min(PUBLISH_S, period)):
+            if self.settler.version != published:  # a cheap check; a write only after a change
+                published = self.publish(published)
+            if time.monotonic() >= beat_at:
+                beat_at = time.monotonic() + period
+                last = self.beat(last)
+
+    def publish(self, published: int) -> int:
+        """Write the settler's snapshot when it differs from the last one written (a photo taken within a
+        second changes nothing); the version written (`published` again when the store failed)."""
+        version = self.settler.version  # read first: a change during the snapshot is published next time
+        snapshot = self.settler.snapshot()
+        if snapshot == self.written:
+            return version
+        try:
+            self.store.runs.publish_waiting(self.worker, snapshot)
+        except Exception as exc:  # noqa: BLE001 - the next round tries again; the heartbeat warns of the store
+            log.debug("heartbeat: files waiting not published (%s)", exc)
+            return published
+        self.written = snapshot
+        return version
+
+    def beat(self, last: int | None) -> int | None:
+        """Mark this daemon alive and log one status line; the processed count (`last` when the store failed)."""
+        try:
+            self.store.runs.beat(self.worker, self.space.paused)
+            c = self.store.queue.counts(today_start_utc())
+        except Exception as exc:  # noqa: BLE001 - a heartbeat reports trouble, it never dies of it
+            log.warning("heartbeat: store not readable (%s)", exc)
+            return last
+        files = self.settler.snapshot(limit=0)
+        since = f" (+{c['processed'] - last})" if last is not None else ""
+        trouble = (f", roots missing: {len(self.watcher.missing)}" if self.watcher.missing else "") + (
+            f", vanished files: {c['missing']}" if c["missing"] else "") + (
+            f", PAUSED: {self.space.paused}" if self.space.paused else "")
+        log.info("heartbeat: %d processed%s, %d pending, %d settling, %d waiting, %d failed, %d duplicates%s",
+                 c["processed"], since, c["pending"], files["settling"], files["waiting"], c["failed"],
+                 c["duplicates"], trouble)
+        return c["processed"]
 
 
 class TakeOver(threading.Thread):
@@ -157,13 +202,17 @@ class App:
     def start(self) -> None:
         config = self.config
         roots = [r.absolute() for r in config.watch.roots]
+        make_default_root(config, roots)
         if not any(present(r) for r in roots):
             raise ConfigError(f"{config.source}: watch.roots: none of {', '.join(map(str, roots))} exists; "
                               "create the folder, fix the path, or pass --watch DIR")
         card = read_card(config.model.checkpoint)  # a missing checkpoint stops the start before anything runs
         self.lock.acquire()
-        self.store = Store.open(config.store.url)
+        self.store = Store.open(config.store.url, synchronous=config.store.synchronous,
+                                allow_network_fs=config.store.allow_network_fs)
         self.store.runs.beat(self.worker)
+        if self.exclusive:
+            self.store.runs.leave_others(self.worker)
         space = Space(config.outputs.dir, config.outputs.min_free_mb,
                       pause_recorder(self.store, self.worker, config.outputs.dir))
         settler = Settler(config.watch.settle_s, config.watch.retry_backoff_s, config.watch.max_attempts,

@@ -72,7 +72,12 @@ class Config(Section):
     """The whole of config.yaml."""
 
     datasets: list[DatasetConfig] = Field(
-        default_factory=list, description="The labeled datasets `prep`, `train` and `retrain` read; one entry per "
+        default_factory=lambda: [  # the two Roboflow exports the shipped model was trained on
+            DatasetConfig(name="cracks", root=Path("data/cracks.v1i.voc"), task="crack",
+                          classes=["NewCracks - v2 2024-05-18 10-54pm", "crack", "cracks"]),
+            DatasetConfig(name="drywall", root=Path("data/Drywall-Join-Detect.v1i.voc"), task="taping",
+                          classes=["drywall-join"])],
+        description="The labeled datasets `prep`, `train` and `retrain` read; one entry per "
         "export, e.g. one for cracks and one for taping.")
     prompts: PromptsConfig = PromptsConfig()
     prep: PrepConfig = PrepConfig()

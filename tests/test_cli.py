@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-COMMANDS = ["prep", "train", "eval", "predict", "run", "retrain", "report", "history", "status", "model list",
-            "model promote", "model rollback", "model export", "model quantize"]
+COMMANDS = ["prep", "train", "eval", "predict", "run", "retrain", "report", "history", "status", "backup", "scrub",
+            "model list", "model promote", "model rollback", "model export", "model quantize"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -19,6 +21,50 @@ def test_run_with_no_existing_watch_folder_names_it_and_exits_2(cli, tmp_path):
     result = cli("run", "--watch", tmp_path / "nowhere", "--store", f"sqlite:///{tmp_path / 'qa.sqlite3'}")
     assert result.code == 2
     assert "watch.roots" in result.stderr and "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("root", ["{tmp}/share", "mnt/share"], ids=["absolute", "relative"])
+def test_run_never_makes_a_missing_watch_root_other_than_the_default_one(cli, write_config, tmp_path, root):
+    """Only `incoming` beside the config is made on a first run (tests/test_first_run.py); any other missing
+    root may be a share not mounted yet, and a folder made in its place would hide that."""
+    root = root.replace("{tmp}", str(tmp_path))
+    config = write_config({"watch": {"roots": [root]}, "store": {"url": "sqlite:///qa.sqlite3"}})
+    result = cli("-c", config, "run")
+    assert result.code == 2
+    assert "watch.roots" in result.stderr and "share" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / root).exists() and not (tmp_path / "incoming").exists()
+
+
+def test_status_counts_and_lists_the_files_the_running_daemons_have_not_taken_yet(cli, tmp_path):
+    from daemon.settle import Settler
+    from daemon.store import Store, StoreLock
+
+    url = f"sqlite:///{tmp_path / 'qa.sqlite3'}"
+    store = Store.open(url)
+    copying, broken = Settler(2.0, 30.0, 3), Settler(2.0, 30.0, 3)  # two daemons' (a shared store's)
+    for i in range(25):
+        copying.offer(tmp_path / "in" / f"IMG_{i:02d}.jpg", tmp_path / "in")
+    broken.offer(tmp_path / "in" / "empty.jpg", tmp_path / "in")
+    broken.retry(tmp_path / "in" / "empty.jpg", "empty file (0 bytes)")
+    store.runs.publish_waiting("host-a:1", copying.snapshot())
+    store.runs.publish_waiting("host-b:2", broken.snapshot())
+    store.close()
+    running = StoreLock(url)  # SQLite: a daemon runs while it holds the lock
+    running.acquire()
+    try:
+        state = json.loads(cli("status", "--store", url, "--json").stdout)
+        table = cli("status", "--store", url).stdout.splitlines()
+    finally:
+        running.release()
+    assert (state["settling"], state["waiting"], len(state["waiting_files"])) == (25, 1, 26)
+    assert state["waiting_files"][0]["path"] == str(tmp_path / "in" / "empty.jpg")
+    heading = table.index("files not taken yet:")
+    assert table[heading - 1] == "" and table[heading - 2].startswith("└")
+    assert table[heading + 1].startswith(f"  {tmp_path / 'in' / 'empty.jpg'}: waiting: empty file (0 bytes) (1 ")
+    assert table[heading + 2].startswith(f"  {tmp_path / 'in' / 'IMG_00.jpg'}: settling (since ")
+    assert table[heading + 21] == "  ... and 6 more (26 listed by `qa-daemon status --json`)"
+    stopped = json.loads(cli("status", "--store", url, "--json").stdout)  # its rows outlive a killed daemon
+    assert (stopped["settling"], stopped["waiting"], stopped["waiting_files"]) == (0, 0, [])
 
 
 def test_a_second_daemon_on_one_store_is_refused_with_one_line(cli, tmp_path):
@@ -48,8 +94,6 @@ def test_status_reports_the_queue_as_json(cli, tmp_path):
     Store.open(url).close()
     result = cli("status", "--store", url, "--json")
     assert result.code == 0, result.stderr
-    import json
-
     state = json.loads(result.stdout)
     assert {k: state[k] for k in ("running", "processed", "pending", "failed", "duplicates", "processed_today")} == {
         "running": False, "processed": 0, "pending": 0, "failed": 0, "duplicates": 0, "processed_today": 0}
@@ -116,13 +160,16 @@ def test_status_lists_recent_failures_under_a_heading_of_their_own_below_the_tab
     assert "bad.jpg: not a JPEG or PNG -> " in lines[heading + 1]
 
 
-def test_without_a_config_file_the_prompts_are_those_of_the_shipped_config():
+def test_without_a_config_file_the_defaults_are_those_of_the_shipped_config(monkeypatch):
     from pathlib import Path
 
-    from daemon.config import Config, load_config
+    from daemon.config import load_config
 
-    shipped = load_config(Path(__file__).resolve().parents[1] / "config.yaml").prompts
-    assert Config().prompts == shipped
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # without a file, relative paths are relative to the current folder
+    shipped = load_config(repo / "config.yaml").model_dump()
+    defaults = load_config(repo / "no-such-config.yaml", missing_ok=True).model_dump()
+    assert {k: v for k, v in defaults.items() if v != shipped[k]} == {}
 
 
 def test_history_rows_stay_whole_in_an_80_column_terminal(tmp_path):

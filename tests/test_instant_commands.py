@@ -1,6 +1,6 @@
 """The commands a site manager runs to look (status, history, report, model list, --help) answer without
 loading the deep-learning stack: each runs in a fresh interpreter and must leave torch, torchvision, timm,
-transformers and OpenCV unimported."""
+transformers and OpenCV unimported. They print their answer and nothing else: no library's log lines."""
 
 from __future__ import annotations
 
@@ -45,9 +45,10 @@ def store_url(tmp_path_factory):
 
 @pytest.mark.parametrize("args", [
     ["--help"], ["status"], ["status", "--json"], ["history"], ["model", "list"],
-    ["report", "--date", "2026-11-24", "--out", "{tmp}/reports"],
+    ["report", "--date", "2026-11-24", "--out", "{tmp}/reports"], ["backup", "--out", "{tmp}/b.sqlite3"],
+    ["scrub"],
 ], ids=lambda a: " ".join(a))
-def test_looking_at_the_store_never_loads_the_model_stack(args, store_url, tmp_path):
+def test_looking_at_the_store_never_loads_the_model_stack_nor_prints_library_logs(args, store_url, tmp_path):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args != ["--help"]:
         args += ["--store", store_url]
@@ -59,3 +60,4 @@ def test_looking_at_the_store_never_loads_the_model_stack(args, store_url, tmp_p
     result = json.loads(line.removeprefix("PROBE "))
     assert result["code"] == 0, out.stderr[-2000:]
     assert result["heavy"] == []
+    assert out.stderr == ""  # the answer is on stdout; no Alembic, SQLAlchemy or Jinja2 line on stderr

@@ -170,3 +170,38 @@ def test_photos_closed_by_their_writer_or_renamed_into_place_are_processed_long_
         assert d.query(f"SELECT id FROM files WHERE path = '{waiting}'") == [], "found by the rescan: waits settle_s"
         assert d.terminate() == 0
     assert "Traceback" not in d.log_text()
+
+
+def test_a_file_not_taken_yet_shows_as_settling_then_as_waiting_with_its_error_until_it_is_taken(tmp_path):
+    f = tmp_path / "empty.jpg"
+    f.write_bytes(b"")
+    clock = Clock()
+    s = settler(clock)
+    versions = [s.version]
+    s.offer(f, tmp_path, complete=True)
+    versions.append(s.version)
+    snap = s.snapshot()
+    assert (snap["settling"], snap["waiting"]) == (1, 0)
+    assert {k: v for k, v in snap["files"][0].items() if k != "since"} == {
+        "path": str(f), "state": "settling", "attempts": 0, "error": ""}
+    assert s.ready() == [(f, tmp_path, 0)]
+    s.retry(f, "empty file (0 bytes)")
+    versions.append(s.version)
+    [shown] = s.snapshot()["files"]
+    assert (s.snapshot()["waiting"], shown["state"], shown["attempts"], shown["error"]) == (
+        1, "waiting", 1, "empty file (0 bytes)")
+    s.forget(f)  # taken, or quarantined
+    versions.append(s.version)
+    assert s.snapshot() == {"settling": 0, "waiting": 0, "files": []}
+    assert versions == sorted(set(versions)), "each change moves the version, so the heartbeat publishes it"
+
+
+def test_a_huge_copy_is_counted_in_full_and_listed_in_part_waiting_files_first(tmp_path):
+    s = settler(Clock())
+    files = [tmp_path / f"IMG_{i:04d}.jpg" for i in range(300)]
+    for f in files:
+        s.offer(f, tmp_path)
+    s.retry(files[-1], "does not decode to the end")  # the newest, yet listed first: it needs a look
+    snap = s.snapshot(limit=200)
+    assert (snap["settling"], snap["waiting"], len(snap["files"])) == (299, 1, 200)
+    assert snap["files"][0]["path"] == str(files[-1]) and snap["files"][1]["path"] == str(files[0])

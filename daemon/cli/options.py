@@ -51,7 +51,8 @@ def open_store(config: Config, create: bool = False) -> Iterator[Store]:
     command that reads the store says how to start instead of creating an empty one."""
     from daemon.store import Store  # SQLAlchemy: not for `--help`
 
-    st = Store.open(config.store.url) if create else Store.open_existing(config.store.url)
+    s = config.store
+    st = Store.open(s.url, synchronous=s.synchronous) if create else Store.open_existing(s.url, s.synchronous)
     try:
         yield st
     finally:

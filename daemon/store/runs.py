@@ -3,8 +3,10 @@ labeled images in the retrain inbox, and retrain requests."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +36,12 @@ class Runs:
             s.execute(update(ScheduleRun).where(ScheduleRun.job == job, ScheduleRun.slot == slot)
                       .values(finished_at=utcnow(), outcome=outcome))
 
+    def last_finished(self, job: str) -> ScheduleRun | None:
+        """The latest finished run of `job` (its slot, when it finished, its outcome), or None."""
+        with self.reader() as s:
+            return s.scalar(select(ScheduleRun).where(ScheduleRun.job == job, ScheduleRun.finished_at.is_not(None))
+                            .order_by(ScheduleRun.finished_at.desc()).limit(1))
+
     def has_run(self, job: str, slot: str) -> bool:
         with self.reader() as s:
             return s.scalar(select(func.count()).select_from(ScheduleRun)
@@ -49,6 +57,33 @@ class Runs:
             else:
                 row.seen_at, row.paused = utcnow(), paused
 
+    def publish_waiting(self, worker: str, snapshot: dict[str, Any]) -> None:
+        """This daemon is alive, and these are the files it has seen but not taken yet (`Settler.snapshot()`;
+        none: NULL)."""
+        waiting = json.dumps(snapshot, separators=(",", ":")) if snapshot["settling"] + snapshot["waiting"] else None
+        with self.session.begin() as s:
+            row = s.get(Daemon, worker)
+            if row is None:
+                s.add(Daemon(worker=worker, waiting=waiting))
+            else:
+                row.seen_at, row.waiting = utcnow(), waiting
+
+    def waiting_seen(self, within_s: float) -> list[dict[str, Any]]:
+        """The published snapshots of files not taken yet, of the daemons alive within the last `within_s`
+        seconds (a value that is not a snapshot, from another version of the daemon, is left out)."""
+        with self.reader() as s:
+            values = list(s.scalars(select(Daemon.waiting).where(
+                Daemon.seen_at >= utcnow() - timedelta(seconds=within_s), Daemon.waiting.is_not(None))))
+        snapshots = []
+        for value in values:
+            try:
+                snapshot = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(snapshot, dict) and {"settling", "waiting", "files"} <= snapshot.keys():
+                snapshots.append(snapshot)
+        return snapshots
+
     def daemons_seen(self, within_s: float) -> list[tuple[str, str | None]]:
         """(worker, why paused or None) of the daemons alive within the last `within_s` seconds."""
         with self.reader() as s:
@@ -59,6 +94,12 @@ class Runs:
         """This daemon stopped cleanly."""
         with self.session.begin() as s:
             s.execute(Daemon.__table__.delete().where(Daemon.worker == worker))
+
+    def leave_others(self, worker: str) -> None:
+        """Forget every daemon but this one: alone on a SQLite store (its lock held), any other is a killed one,
+        whose paused reason and files waiting `status` must not show."""
+        with self.session.begin() as s:
+            s.execute(Daemon.__table__.delete().where(Daemon.worker != worker))
 
     # --- retraining ------------------------------------------------------------------------------
     def add_labeled(self, sha256: str, path: Path) -> bool:
