@@ -172,15 +172,19 @@ def startup(checkpoint: Path, device: str, runs: int, timeout: float = 300, runt
 
 
 def run(photos: int, large: int, steady_photos: int, checkpoint: Path, device: str, batch_size: int,
-        startups: int = 3, runtime: str = "auto") -> dict:
+        startups: int = 3, runtime: str = "auto", settings: dict | None = None) -> dict:
     """Measure `startups` start-ups (none for 0); then start a daemon with `model.runtime` `runtime`, send the
-    bursts (a burst of 0 photos is left out) and the steady stream through it; the figures and its peak memory."""
+    bursts (a burst of 0 photos is left out) and the steady stream through it; the figures and its peak memory.
+    `settings`: config keys by section, over the bench's own (`{"outputs": {"fsync": False}}`)."""
     starting = startup(checkpoint, device, startups, runtime=runtime) if startups else None
     home = Path(tempfile.mkdtemp(prefix="qa-bench-"))
-    config = write_daemon_config(home, {
+    sections = {
         "model": {"checkpoint": str(checkpoint), "device": device, "batch_size": batch_size, "runtime": runtime},
         "watch": {"roots": ["in"], "settle_s": 0.5, "heartbeat_s": 30}, "store": {"url": "sqlite:///qa.sqlite3"},
-        "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None}})
+        "schedule": {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None}}
+    for section, values in (settings or {}).items():
+        sections[section] = {**sections.get(section, {}), **values}
+    config = write_daemon_config(home, sections)
     small = real_photos(photos + steady_photos)
     large_files = make_large(real_photos(large, skip=photos + steady_photos), home / "large-src")
     with DaemonProcess(home, config, track_memory=True) as daemon:

@@ -259,7 +259,7 @@ class ScheduleConfig(Section):
             clock(v)
         return v
 
-    @field_validator("weekly_summary")
+    @field_validator("weekly_summary", "scrub")
     @classmethod
     def _check_weekly(cls, v: str | None) -> str | None:
         if v is not None:

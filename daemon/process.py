@@ -9,9 +9,11 @@ For each batch the processor claims from the store:
    photo per call, which measured faster there (`Processor.infer_batch`);
 3. per photo: threshold at working resolution, scale the masks to the source's size and write
    `{image_id}__segment_crack.png` and `{image_id}__segment_taping_area.png` ({0,255}) and an
-   overlay JPEG under `outputs/<site>/<capture date>/`, and measure;
-4. store detections and mark the job done in one transaction; then, if configured, move the
-   photo to the archive.
+   overlay JPEG under `outputs/<site>/<capture date>/` (with `outputs.fsync`, each file and then its
+   folder flushed to disk), and measure;
+4. store detections and mark the job done in one transaction, committed only after the files are on
+   disk, so a power cut cannot leave a done photo pointing at a lost file; then, if configured, move
+   the photo to the archive.
 
 A photo that fails is retried with backoff and, after `watch.max_attempts`, moved to quarantine
 with its error recorded. Nothing here stops the daemon.
@@ -40,6 +42,7 @@ from daemon.store import Claimed, DetectionResult, PhotoResult, Store, StoreErro
 from model.checkpoint import load_checkpoint
 from model.device import resolve_device
 from model.errors import QAError
+from model.files import durable, make_dirs
 from model.images import Decoded, decode
 from model.masks import at_size, write_masks, write_overlay
 from model.segmenter import Predictor
@@ -237,7 +240,6 @@ class Processor(threading.Thread):
     def _finish(self, job: Claimed, d: Decoded, probs: np.ndarray, infer_ms: float) -> PhotoResult:
         start = time.perf_counter()
         out_dir = self.config.outputs.dir / safe_part(job.site) / job.captured_at.strftime("%Y-%m-%d")
-        out_dir.mkdir(parents=True, exist_ok=True)
         w, h = d.size
         scale = w / d.rgb.shape[1]
         site = self.config.sites.get(job.site)
@@ -246,7 +248,13 @@ class Processor(threading.Thread):
             work = self.model.mask(prob, prompt)
             masks.append(work)
             fulls.append(at_size(work, (w, h)))
-        paths = write_masks(out_dir, job.image_id, list(self.prompts.values()), fulls)
+        with durable(self.config.outputs.fsync):  # files, then their folder, on disk before `_commit` runs
+            make_dirs(out_dir)
+            paths = write_masks(out_dir, job.image_id, list(self.prompts.values()), fulls)
+            over = None
+            if self.config.outputs.overlay:
+                over = write_overlay(out_dir / f"{job.image_id}__overlay.jpg", d.rgb, masks,
+                                     self.config.outputs.overlay_max_side)
         detections = []
         for (task, prompt), prob, work, full, path in zip(self.prompts.items(), probs, masks, fulls, paths,
                                                           strict=True):
@@ -254,10 +262,6 @@ class Processor(threading.Thread):
                         self.config.measure.severity, self.config.measure.min_component_px,
                         int(np.count_nonzero(full)))
             detections.append(DetectionResult(task, prompt, path, self.model.threshold(prompt), m))
-        over = None
-        if self.config.outputs.overlay:
-            over = write_overlay(out_dir / f"{job.image_id}__overlay.jpg", d.rgb, masks,
-                                 self.config.outputs.overlay_max_side)
         ms = d.ms + infer_ms + (time.perf_counter() - start) * 1000
         return PhotoResult(out_dir, over, ms, detections)
 
@@ -282,6 +286,8 @@ class Processor(threading.Thread):
 
     def archive(self, photo_id: int, path: Path) -> None:
         """Move a processed photo to the archive (after its results are committed) and record where it went."""
+        if path.is_relative_to(self.config.outputs.archive):
+            return  # archived already: a photo the scrub queued again is re-made where it lies
         root = next((r for r in self.roots if path.is_relative_to(r)), path.parent)
         try:
             moved = move_into(path, root, self.config.outputs.archive)

@@ -1,11 +1,12 @@
-"""Scheduled work inside the daemon (APScheduler 3): reports, the retrain check, clean-up of old outputs.
+"""Scheduled work inside the daemon (APScheduler 3): reports, the retrain check, clean-up of old outputs, the scrub.
 
     scheduler = Scheduler(config, store)
     scheduler.start()   # also renders a daily or weekly report missed while the daemon was down
     scheduler.stop()
 
 Jobs come from `config.yaml`'s `schedule:` section: the daily report (cron, local time),
-the weekly summary, the retrain check (interval) and the daily retention clean-up. Every
+the weekly summary, the retrain check (interval), the daily retention clean-up and the weekly
+scrub (daemon/scrub.py), plus a quick scrub of the last `scrub_startup_days` at start. Every
 run is claimed first as a (job, slot) row in the store, so a slot runs once even when two
 processes share a store, and a report missed while the daemon was down is still owed.
 `coalesce` folds a backlog of missed runs into one; `misfire_grace_time` lets a run that
@@ -19,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -27,23 +29,32 @@ from apscheduler.triggers.interval import IntervalTrigger
 from daemon import retrain
 from daemon.config import WEEKDAYS, Config, clock
 from daemon.days import week_start
+from daemon.scrub import logged, scrub
 from daemon.store import Store, worker_name
+from daemon.store.schema import utcnow
 from daemon.summary import write_report
 
 log = logging.getLogger("qa-daemon")
 
 
-def clean_outputs(config: Config, today: date) -> int:
+def clean_outputs(config: Config, today: date, store: Store | None = None) -> int:
     """Delete output day folders older than `retention_days`, then the oldest ones beyond
-    `retention_max_gb`; database rows stay. The number of day folders deleted."""
+    `retention_max_gb`; database rows stay, marked in `store` so the scrub knows the files went on
+    purpose. The number of day folders deleted."""
     s = config.schedule
+
+    def remove(folder: Path) -> None:
+        if store is not None:  # marked first: a crash in between must not make the scrub report them lost
+            store.queue.outputs_removed(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
     days = sorted((p for p in config.outputs.dir.glob("*/*") if p.is_dir() and _is_day(p.name)),
                   key=lambda p: p.name)
     deleted = 0
     if s.retention_days is not None:
         cutoff = (today - timedelta(days=s.retention_days)).isoformat()
         for folder in [d for d in days if d.name < cutoff]:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove(folder)
             days.remove(folder)
             deleted += 1
     if s.retention_max_gb is not None:
@@ -52,7 +63,7 @@ def clean_outputs(config: Config, today: date) -> int:
         for folder in days:  # oldest first
             if total <= budget:
                 break
-            shutil.rmtree(folder, ignore_errors=True)
+            remove(folder)
             total -= sizes[folder]
             deleted += 1
     return deleted
@@ -93,6 +104,13 @@ class Scheduler:
             h, m, sec = clock(s.retention_at)
             self.aps.add_job(self.retention, CronTrigger(hour=h, minute=m, second=sec, timezone=self.zone),
                              id="retention")
+        if s.scrub:
+            day, _, at = s.scrub.partition(" ")
+            h, m, sec = clock(at)
+            self.aps.add_job(self.weekly_scrub, CronTrigger(day_of_week=day.lower(), hour=h, minute=m, second=sec,
+                                                            timezone=self.zone), id="scrub")
+        if s.scrub_startup_days:  # results a power cut or a sync tool damaged while the daemon was down
+            self.aps.add_job(self.startup_scrub, id="startup-scrub")
         for job, when in self.missed():
             self.aps.add_job(job, args=[when], id=f"catch-up-{job.__name__}")
         self.aps.start()
@@ -164,4 +182,14 @@ class Scheduler:
     def retention(self) -> None:
         today = datetime.now(self.zone).date()
         self.once("retention", today.isoformat(),
-                  lambda: f"{clean_outputs(self.config, today)} day folders of outputs deleted")
+                  lambda: f"{clean_outputs(self.config, today, self.store)} day folders of outputs deleted")
+
+    def weekly_scrub(self) -> None:
+        week = week_start(datetime.now(self.zone).date())
+        self.once("scrub", week.isoformat(), lambda: logged(scrub(self.store, fix=True)))
+
+    def startup_scrub(self) -> None:
+        now = utcnow()  # naive UTC, as the store keeps processed_at
+        since = now - timedelta(days=self.config.schedule.scrub_startup_days)
+        self.once("scrub", f"start {now.isoformat(timespec='seconds')}",
+                  lambda: logged(scrub(self.store, fix=True, since=since)))

@@ -10,6 +10,7 @@ result; the commands live in this package by concern:
     retrain.py   retrain
     reports.py   report, history
     models.py    model list, model promote, model rollback
+    store.py     backup, scrub
     options.py   the shared options (--store, --config, ...), the config of a command, `open_store`
 
 Library errors (`QAError`) become one line on stderr and exit code 2 here, at
@@ -22,7 +23,7 @@ import sys
 
 import typer
 
-from daemon.cli import data, models, predict, reports, retrain, service, training
+from daemon.cli import data, models, predict, reports, retrain, service, store, training
 from daemon.cli.options import ConfigOption, err
 from daemon.config import DEFAULT_CONFIG
 from model.errors import QAError
@@ -51,6 +52,8 @@ app.command()(retrain.retrain)
 app.command()(reports.report)
 app.command()(reports.history)
 app.command()(service.status)
+app.command()(store.backup)
+app.command()(store.scrub)
 
 model_app = typer.Typer(help="The model versions in the store: list, promote, roll back.", no_args_is_help=True)
 model_app.command("export")(training.model_export)

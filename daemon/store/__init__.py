@@ -5,8 +5,9 @@
     store.models.promote("compact-v2")                   # daemon/store/registry.py
     store.runs.claim("daily_report", "2026-11-30", w)    # daemon/store/runs.py
 
-Tables and statuses are in `schema.py`, the engine, migrations and the SQLite lock in `engine.py`.
-SQLite runs in WAL mode, so readers (status, reports, history) never block the daemon's writes.
+Tables and statuses are in `schema.py`, the engine, migrations and the SQLite lock in `engine.py`,
+the check for a network filesystem in `fs.py`, the online backup in `backup.py`. SQLite runs in WAL
+mode, so readers (status, reports, history) never block the daemon's writes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from daemon.store.engine import StoreError, StoreLock, make_engine, migrate, redact, sqlite_path, worker_name
+from daemon.store.fs import network_fs
 from daemon.store.queue import Queue
 from daemon.store.records import Added, Claimed, DetectionResult, Identified, PhotoResult
 from daemon.store.registry import Registry
@@ -52,8 +54,18 @@ class Store:
         self.runs = Runs(session, self.reader)
 
     @classmethod
-    def open(cls, url: str, migrate_schema: bool = True) -> Store:
-        engine = make_engine(url)
+    def open(cls, url: str, migrate_schema: bool = True, synchronous: str = "full",
+             allow_network_fs: bool = True) -> Store:
+        """The store at `url`, migrated to the newest schema unless `migrate_schema` is False.
+
+        SQLite only: `synchronous` is its PRAGMA synchronous on every connection (config
+        `store.synchronous`); with `allow_network_fs` False (what the daemon passes unless config
+        `store.allow_network_fs` is set) a store whose folder is on a network filesystem is refused."""
+        path = sqlite_path(url)
+        if path is not None and not allow_network_fs and (fs := network_fs(path.parent)):
+            raise StoreError(f"store.url: {path} is on a network filesystem ({fs}), where SQLite's locking is "
+                             "unsafe; use a local path or PostgreSQL (or set store.allow_network_fs: true)")
+        engine = make_engine(url, synchronous)
         try:
             if migrate_schema:
                 migrate(engine)
@@ -66,13 +78,13 @@ class Store:
         return cls(engine)
 
     @classmethod
-    def open_existing(cls, url: str) -> Store:
+    def open_existing(cls, url: str, synchronous: str = "full") -> Store:
         """A store for reading (status, reports, history); a clear error when none was written yet."""
         path = sqlite_path(url)
         if path is not None and not path.exists():
             raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
                              "start the daemon with `qa-daemon run`, or pass --store")
-        return cls.open(url, migrate_schema=False)
+        return cls.open(url, migrate_schema=False, synchronous=synchronous)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -38,7 +38,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database) if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") else None
 
 
-def make_engine(url: str) -> Engine:
+SYNCHRONOUS = ("off", "normal", "full", "extra")  # SQLite's levels (config store.synchronous)
+
+
+def make_engine(url: str, synchronous: str = "full") -> Engine:
+    """The engine of `url`. On SQLite every connection gets WAL, foreign keys, a busy timeout and
+    `PRAGMA synchronous=<synchronous>`: with full, each commit is on disk before it returns (it survives
+    a power cut); with normal, the last commits before a power cut may be lost, never corrupted."""
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
     try:
         u: URL = make_url(url)
     except ArgumentError:
@@ -57,7 +65,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            cur.execute(f"PRAGMA synchronous={synchronous.upper()}")  # checked against SYNCHRONOUS above
             cur.close()
 
         @event.listens_for(engine, "begin")

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.store.engine import StoreError
-from daemon.store.records import Added, Claimed, Identified, PhotoResult
+from daemon.store.records import Added, Claimed, Identified, PhotoResult, ResultFiles
 from daemon.store.schema import Daemon, Detection, Failure, FailureStage, Job, JobStatus, Photo, SeenFile, utcnow
 
 
@@ -36,7 +36,7 @@ class Queue:
         with self.reader() as s:
             return {tuple(r) for r in s.execute(
                 select(SeenFile.path, SeenFile.size, SeenFile.mtime_ns).join(Job, Job.photo_id == SeenFile.photo_id)
-                .where(Job.status != JobStatus.missing))}
+                .where(Job.status.not_in((JobStatus.missing, JobStatus.lost))))}
 
     def path_of(self, sha256: str) -> Path | None:
         """Where the store last saw the photo with these bytes; None for bytes never seen."""
@@ -67,14 +67,14 @@ class Queue:
             seen = s.scalar(select(SeenFile).filter_by(**key))
             if seen is not None:  # a second event for a file already taken, or a vanished file back
                 job = s.scalar(select(Job).where(Job.photo_id == seen.photo_id))
-                if job.status == JobStatus.missing:
+                if job.status in (JobStatus.missing, JobStatus.lost):
                     self._requeue(s, job, f.path)
                     return Added(seen.photo_id, "new")
                 return Added(seen.photo_id, "known")
             first = s.scalar(select(Photo).where(Photo.sha256 == f.sha256))
             if first is not None:
                 job = s.scalar(select(Job).where(Job.photo_id == first.id))
-                if job.status in (JobStatus.failed, JobStatus.missing):  # dropping it again retries it
+                if job.status in (JobStatus.failed, JobStatus.missing, JobStatus.lost):  # dropping it again retries it
                     self._requeue(s, job, f.path)
                     s.add(SeenFile(**key, sha256=f.sha256, photo_id=first.id))
                     return Added(first.id, "new")
@@ -233,6 +233,7 @@ class Queue:
                     select(func.count()).select_from(Failure)
                     .where(Failure.final, Failure.photo_id.is_(None))) or 0),
                 "missing": by_status.get(JobStatus.missing, 0),
+                "lost": by_status.get(JobStatus.lost, 0),
                 "duplicates": s.scalar(select(func.count(SeenFile.path.distinct())).where(SeenFile.duplicate)) or 0,
                 "processed_today": s.scalar(select(func.count()).select_from(Photo)
                                             .where(Photo.processed_at >= today_start_utc)) or 0,
@@ -241,3 +242,53 @@ class Queue:
     def recent_failures(self, limit: int = 10) -> list[Failure]:
         with self.reader() as s:
             return list(s.scalars(select(Failure).where(Failure.final).order_by(Failure.id.desc()).limit(limit)))
+
+    # ---- the scrub: results whose files are gone or damaged (daemon/scrub.py) ----
+
+    def results(self, after_id: int = 0, limit: int = 500, since: datetime | None = None) -> list[ResultFiles]:
+        """Done photos with id > `after_id` (processed since `since`), oldest first, with the files their
+        results point at; photos whose outputs retention deleted on purpose are left out."""
+        with self.reader() as s:
+            rows = s.execute(
+                select(Photo.id, Photo.path, Photo.bytes, Photo.overlay_path).join(Job, Job.photo_id == Photo.id)
+                .where(Job.status == JobStatus.done, Photo.outputs_removed_at.is_(None), Photo.id > after_id,
+                       *([Photo.processed_at >= since] if since is not None else []))
+                .order_by(Photo.id).limit(limit)).all()
+            masks: dict[int, list[Path]] = {r.id: [] for r in rows}
+            if rows:
+                for photo_id, mask in s.execute(select(Detection.photo_id, Detection.mask_path)
+                                                .where(Detection.photo_id.in_(masks)).order_by(Detection.id)):
+                    masks[photo_id].append(Path(mask))
+            return [ResultFiles(r.id, Path(r.path), r.bytes, Path(r.overlay_path) if r.overlay_path else None,
+                                tuple(masks[r.id])) for r in rows]
+
+    def results_count(self, since: datetime | None = None) -> int:
+        """How many photos `results` yields: the scrub's total."""
+        with self.reader() as s:
+            return s.scalar(select(func.count()).select_from(Photo).join(Job, Job.photo_id == Photo.id).where(
+                Job.status == JobStatus.done, Photo.outputs_removed_at.is_(None),
+                *([Photo.processed_at >= since] if since is not None else []))) or 0
+
+    def remake(self, photo_id: int, reason: str) -> None:
+        """Its result files are missing or damaged and its source is here: processed again, from scratch."""
+        with self.session.begin() as s:
+            path = s.scalar(select(Photo.path).where(Photo.id == photo_id))
+            s.execute(update(Job).where(Job.photo_id == photo_id, Job.status == JobStatus.done).values(
+                status=JobStatus.pending, attempts=0, worker=None, next_attempt_at=utcnow(), updated_at=utcnow(),
+                last_error=reason))
+            s.add(Failure(path=path, stage=FailureStage.remade, error=reason, attempt=0, photo_id=photo_id))
+
+    def lose(self, photo_id: int, reason: str) -> None:
+        """Its result files are missing or damaged and its source is gone: recorded `lost`, with why."""
+        with self.session.begin() as s:
+            path = s.scalar(select(Photo.path).where(Photo.id == photo_id))
+            s.execute(update(Job).where(Job.photo_id == photo_id, Job.status == JobStatus.done).values(
+                status=JobStatus.lost, worker=None, updated_at=utcnow(), last_error=reason))
+            s.add(Failure(path=path, stage=FailureStage.results_lost, error=reason, attempt=0, final=True,
+                          photo_id=photo_id))
+
+    def outputs_removed(self, folder: Path) -> int:
+        """Retention deleted `folder` (one site's day of results) on purpose: its photos are not scrubbed."""
+        with self.session.begin() as s:
+            return s.execute(update(Photo).where(Photo.output_dir == str(folder), Photo.outputs_removed_at.is_(None))
+                             .values(outputs_removed_at=utcnow())).rowcount

@@ -68,3 +68,14 @@ class PhotoResult:
     overlay_path: Path | None
     processing_ms: float
     detections: list[DetectionResult]
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """A done photo and the files its results point at, for the scrub to check."""
+
+    photo_id: int
+    source: Path  # where its photo file is now
+    source_bytes: int
+    overlay: Path | None
+    masks: tuple[Path, ...]

@@ -25,6 +25,8 @@ class JobStatus(StrEnum):
     failed = "failed"  # gave up after watch.max_attempts; the file went to quarantine
     missing = "missing"  # the file vanished before it was processed (deleted, moved, share unmounted);
     # taken again when the same bytes reappear, at its path or elsewhere
+    lost = "lost"  # its result files were lost (deleted, damaged) and its source is gone: they cannot be
+    # re-made; no longer counted in trends; taken again when the same bytes reappear
 
 
 class ModelStatus(StrEnum):
@@ -46,6 +48,8 @@ class FailureStage(StrEnum):
     intake = "intake"  # the file could not be read as a photo (final: quarantined)
     process = "process"  # segmenting or writing its results failed (retried, then quarantined)
     outputs = "outputs"  # the outputs disk filled: intake and processing paused (no photo's fault)
+    remade = "remade"  # the scrub found its result files missing or damaged; queued again from its source
+    results_lost = "results_lost"  # the scrub found its result files missing or damaged, and the source gone
 
 
 class Base(DeclarativeBase):
@@ -91,6 +95,7 @@ class Photo(Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     output_dir: Mapped[str | None] = mapped_column(Text)
     overlay_path: Mapped[str | None] = mapped_column(Text)
+    outputs_removed_at: Mapped[datetime | None] = mapped_column(DateTime)  # retention deleted its results
 
 
 class Job(Base):
@@ -124,7 +129,7 @@ class Detection(Base):
     area_pct: Mapped[float] = mapped_column(Float)
     components: Mapped[int] = mapped_column(Integer)
     mean_confidence: Mapped[float | None] = mapped_column(Float)
-    length_px: Mapped[float | None] = mapped_column(Float)  # cracks: skeleton length
+    length_px: Mapped[float | None] = mapped_column(Float)  # cracks and taping: skeleton length
     max_width_px: Mapped[float | None] = mapped_column(Float)  # cracks: widest point
     length_mm: Mapped[float | None] = mapped_column(Float)
     max_width_mm: Mapped[float | None] = mapped_column(Float)
@@ -155,7 +160,7 @@ class Failure(Base):
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     path: Mapped[str] = mapped_column(Text)
     photo_id: Mapped[int | None] = mapped_column(ForeignKey("photos.id"), index=True)
-    stage: Mapped[str] = mapped_column(String(10))  # a FailureStage
+    stage: Mapped[str] = mapped_column(String(20))  # a FailureStage
     error: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer)
     final: Mapped[bool] = mapped_column(Boolean, default=False)

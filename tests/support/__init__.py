@@ -16,5 +16,9 @@ Helpers, imported where used (bench/ uses them too):
 - faults: mounts, full disks, a held store lock;
 - models: model fixtures (`write_random_base`);
 - store: `fill`, a store with processed photos in it;
+- results: stores and report summaries with chosen figures and real result files (`add_results`, a
+  2,000-photo day);
+- old_stores: a store built at any migration revision and filled as that version's code wrote it;
+- hooks: processing hooks loaded into a daemon child process;
 - each_alone: `python -m tests.support.each_alone [FILES]` runs each test in a process of its own.
 """
