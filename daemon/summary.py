@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from daemon.days import midnight_utc, week_start
 from daemon.store import Store
+from daemon.store.schema import FailureStage
 
 SEVERITIES = ("hairline", "fine", "medium", "wide")
 TITLES = {"daily": "Daily QA report", "weekly": "Weekly QA summary"}
@@ -177,28 +178,34 @@ def period_summary(store: Store, start: date, end: date, site: str | None = None
     daily = _rows(store, "SELECT * FROM daily_site_summary WHERE day >= :a AND day <= :b" + where,
                   a=(end - timedelta(days=trend_days - 1)).isoformat(), b=end.isoformat(), site=site)
     failures = _rows(store, "SELECT f.at, f.path, f.stage, f.error, f.quarantined_to, p.site FROM failures f "
-                     "LEFT JOIN photos p ON p.id = f.photo_id WHERE f.final AND f.at >= :a AND f.at < :b "
-                     "ORDER BY f.at", a=midnight_utc(start), b=midnight_utc(end + timedelta(days=1)))
+                     "LEFT JOIN photos p ON p.id = f.photo_id WHERE (f.final OR f.stage = :remade) "
+                     "AND f.at >= :a AND f.at < :b ORDER BY f.at", a=midnight_utc(start),
+                     b=midnight_utc(end + timedelta(days=1)), remade=FailureStage.remade)
     if site:
         failures = [f for f in failures if f["site"] == site]
+    # what the scrub found is counted apart: a photo whose results were re-made or lost was processed
+    scrub = {"remade": sum(f["stage"] == FailureStage.remade for f in failures),
+             "lost": sum(f["stage"] == FailureStage.results_lost for f in failures)}
+    failures = [f for f in failures if f["stage"] != FailureStage.remade]
+    failed = [f for f in failures if f["stage"] != FailureStage.results_lost]
     by_site: dict[str, list[dict]] = defaultdict(list)
     for p in photos:
         by_site[p["site"]].append(p)
     sites = []
     for name in sorted(by_site):
         figures = site_figures(name, by_site[name])
-        figures["failures"] = sum(1 for f in failures if f["site"] == name)
+        figures["failures"] = sum(1 for f in failed if f["site"] == name)
         figures["trend"] = _trend([r for r in daily if r["site"] == name], end, trend_days)
         figures["all_photos"] = [report_photo(p) for p in by_site[name]]
         sites.append(figures)
     totals = site_figures("All sites", photos)
-    totals["failures"], totals["trend"] = len(failures), _trend(daily, end, trend_days)
+    totals["failures"], totals["trend"] = len(failed), _trend(daily, end, trend_days)
     return {
         "kind": kind, "title": TITLES.get(kind, "QA report"), "date": start.isoformat(),
         "period": {"start": start.isoformat(), "end": end.isoformat()}, "site": site,
         "generated_at": datetime.now().isoformat(timespec="seconds"),
         "model_versions": sorted({p["model_version"] for p in photos if p["model_version"]}),
-        "totals": totals, "sites": sites,
+        "totals": totals, "sites": sites, "scrub": scrub,
         "failures": [{"at": str(f["at"])[:19], "path": f["path"], "stage": f["stage"], "error": f["error"],
                       "quarantined_to": f["quarantined_to"]} for f in failures],
     }

@@ -43,7 +43,7 @@ from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from model.files import write_atomic
-from reports.charts import bar_chart, line_chart
+from reports.charts import bar_chart, finite, line_chart
 from reports.html import DASH, ReportError, environment, link, num, pct, safe_name, text
 from reports.photos import day_page, write_day_tables
 
@@ -226,6 +226,12 @@ def day_tables(raw: dict, where: str, out_dir: Path) -> list[dict]:
     return [{"day": day, "photos": n, "href": quote(day_page(day, site))} for day, n in counts.items()]
 
 
+def scrub_counts(raw: object) -> dict[str, int]:
+    """What the scrub found in the period: photos re-made, photos lost; 0 where absent or malformed."""
+    raw = raw if isinstance(raw, dict) else {}
+    return {k: int(finite(raw.get(k)) or 0) for k in ("remade", "lost")}
+
+
 def context(summary: dict, out_dir: Path, self_contained: bool) -> dict:
     kind, day, site = _checked(summary)
     period = _dict(summary.get("period"))
@@ -247,6 +253,7 @@ def context(summary: dict, out_dir: Path, self_contained: bool) -> dict:
                            "least_taping": []}, out_dir, self_contained),
         "sites": sites,
         "failures": [_failure(f) for f in _dicts(summary.get("failures"))],
+        "scrub": scrub_counts(summary.get("scrub")),
     }
 
 

@@ -200,3 +200,17 @@ def test_an_archived_photo_is_remade_from_the_archive_and_stays_where_it_lies(se
     processor.process(store.queue.claim(10, "t"))
     assert statuses(store)["p0.jpg"] == "done" and photos(store)["p0.jpg"].path == str(archived)
     assert sorted(p.name for p in archived.parent.iterdir()) == ["p0.jpg", "p1.jpg"]
+
+
+def test_the_days_report_counts_what_the_scrub_remade_and_lists_what_was_lost(setup, tmp_path):
+    from daemon.summary import write_report
+
+    store, _, rows = processed(setup, 3)
+    masks_of(rows["p0.jpg"])[0].unlink()
+    masks_of(rows["p1.jpg"])[0].unlink()
+    Path(rows["p1.jpg"].path).unlink()
+    scrub(store, fix=True)
+    today = datetime.now().date()
+    page = write_report(store, "daily", today, today, tmp_path / "reports").read_text()
+    assert "re-made from their sources" in page and "1 lost" in page
+    assert page.count("results_lost") == 2  # the sentence, and the lost photo's row in the failures table
