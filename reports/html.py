@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
@@ -89,6 +90,14 @@ def environment() -> Environment:
 
 
 # ---- files and links -----------------------------------------------------------------------------
+
+def is_day(v: object) -> bool:
+    """Whether `v` is a day written YYYY-MM-DD (what names report files and photo tables)."""
+    try:
+        return isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) is not None and bool(date.fromisoformat(v))
+    except ValueError:
+        return False
+
 
 def safe_name(name: str) -> str:
     """`name` usable in a file name: only letters, digits, '_', '.' and '-'."""

@@ -17,18 +17,16 @@ render of 2,000 rows and eight joins (`uv run python -m bench.reports` measures 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 from markupsafe import Markup
 
 from model.files import write_atomic
 from reports.charts import finite
-from reports.html import Links, ReportError, environment, safe_name
+from reports.html import Links, ReportError, environment, is_day, safe_name
 
 PHOTOS = "photos"  # folder under the reports folder
 
@@ -83,11 +81,7 @@ def day_page(day: str, site: str, order: str = DEFAULT_ORDER) -> str:
 
 def _day_of(p: dict, where: str) -> str:
     day = p.get("day") or str(p.get("captured_at") or "")[:10]
-    try:
-        ok = isinstance(day, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) and date.fromisoformat(day)
-    except ValueError:
-        ok = False
-    if not ok:
+    if not is_day(day):
         raise ReportError(f"{where}['day'] is {day!r}; use the capture day as YYYY-MM-DD")
     return day
 

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,7 +43,7 @@ from PIL import Image, ImageOps
 
 from model.files import write_atomic
 from reports.charts import bar_chart, finite, line_chart
-from reports.html import DASH, ReportError, environment, link, num, pct, safe_name, text
+from reports.html import DASH, ReportError, environment, is_day, link, num, pct, safe_name, text
 from reports.photos import day_page, write_day_tables
 
 log = logging.getLogger("qa-daemon")
@@ -81,11 +80,7 @@ def _checked(summary: dict) -> tuple[str, str, str | None]:
     kind, day, site = summary.get("kind"), summary.get("date"), summary.get("site")
     if kind not in KINDS:
         raise ReportError(f"summary['kind'] is {kind!r}; use one of {', '.join(KINDS)}")
-    try:
-        ok = isinstance(day, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) and date.fromisoformat(day)
-    except ValueError:
-        ok = False
-    if not ok:
+    if not is_day(day):
         raise ReportError(f"summary['date'] is {day!r}; use a day as YYYY-MM-DD")
     if site is not None and not isinstance(site, str):
         raise ReportError(f"summary['site'] is {site!r}; use a site name, or None for all sites")

@@ -50,23 +50,24 @@ class Runs:
     # --- heartbeats ------------------------------------------------------------------------------
     def beat(self, worker: str, paused: str | None = None) -> None:
         """This daemon is alive (and takes no work now, for this reason, when `paused`)."""
-        with self.session.begin() as s:
-            row = s.get(Daemon, worker)
-            if row is None:
-                s.add(Daemon(worker=worker, paused=paused))
-            else:
-                row.seen_at, row.paused = utcnow(), paused
+        self._alive(worker, paused=paused)
 
     def publish_waiting(self, worker: str, snapshot: dict[str, Any]) -> None:
         """This daemon is alive, and these are the files it has seen but not taken yet (`Settler.snapshot()`;
         none: NULL)."""
         waiting = json.dumps(snapshot, separators=(",", ":")) if snapshot["settling"] + snapshot["waiting"] else None
+        self._alive(worker, waiting=waiting)
+
+    def _alive(self, worker: str, **values: Any) -> None:
+        """`worker`'s heartbeat row, seen now, with `values` set; made when it has none."""
         with self.session.begin() as s:
             row = s.get(Daemon, worker)
             if row is None:
-                s.add(Daemon(worker=worker, waiting=waiting))
-            else:
-                row.seen_at, row.waiting = utcnow(), waiting
+                s.add(Daemon(worker=worker, **values))
+                return
+            row.seen_at = utcnow()
+            for key, value in values.items():
+                setattr(row, key, value)
 
     def waiting_seen(self, within_s: float) -> list[dict[str, Any]]:
         """The published snapshots of files not taken yet, of the daemons alive within the last `within_s`
