@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from filelock import FileLock
 from markupsafe import Markup
 from PIL import Image, ImageOps
 
@@ -53,6 +54,7 @@ THUMB_SIDE = 320  # longest side of a thumbnail, in pixels
 KINDS = ("daily", "weekly")
 REPORT_NAME = re.compile(r"(daily|weekly)-(\d{4}-\d{2}-\d{2})(?:-(.*))?\.html")
 INDEX_DATA = "index.json"  # what the index lists about each report, written with the report
+INDEX_LOCK = ".index.lock"  # held while index.json and index.html are updated
 # (trend key, chart title, unit): the 30-day charts of cracks and of taping, for all sites and for each site;
 # a length is charted in mm where every photo had the site's scale, else in px
 CRACK_CHARTS = (
@@ -267,12 +269,15 @@ def render_report(summary: dict, out_dir: Path, self_contained: bool = False) ->
     html = environment().get_template("report.html").render(ctx)
     path = out_dir / report_name(ctx["kind"], ctx["date"], ctx["site"])
     write_atomic(path, html.encode("utf-8"))
-    known = _read_entries(out_dir)
-    known[path.name] = {"kind": ctx["kind"], "date": ctx["date"], "end": ctx["end"], "site": ctx["site"],
-                        "title": ctx["title"], "photos": num(ctx["totals"]["photos"]),
-                        "crack_share": pct(ctx["totals"]["crack_share_pct"])}
-    write_atomic(out_dir / INDEX_DATA, json.dumps(known, indent=1, sort_keys=True).encode("utf-8"))
-    render_index(out_dir, known)
+    # one index update at a time (the schedule renders a missed daily and weekly report together; `qa-daemon
+    # report` may run beside the daemon): each lists the folder and adds its entry after the other's
+    with FileLock(out_dir / INDEX_LOCK):
+        known = _read_entries(out_dir)
+        known[path.name] = {"kind": ctx["kind"], "date": ctx["date"], "end": ctx["end"], "site": ctx["site"],
+                            "title": ctx["title"], "photos": num(ctx["totals"]["photos"]),
+                            "crack_share": pct(ctx["totals"]["crack_share_pct"])}
+        write_atomic(out_dir / INDEX_DATA, json.dumps(known, indent=1, sort_keys=True).encode("utf-8"))
+        render_index(out_dir, known)
     return path
 
 

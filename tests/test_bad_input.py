@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -23,6 +23,7 @@ from tests.support.processor import queue
 GOOD = {  # name -> (mode, size, format): photos users do send, that must be processed
     "cmyk.jpg": ("CMYK", (64, 48), "JPEG"),
     "grey 16-bit.png": ("I;16", (64, 48), "PNG"),
+    "rgb 16-bit.png": ("RGB;16", (64, 48), "PNG"),
     "palette.png": ("P", (64, 48), "PNG"),
     "transparent.png": ("RGBA", (64, 48), "PNG"),
     "grey.jpg": ("L", (64, 48), "JPEG"),
@@ -37,6 +38,9 @@ GOOD = {  # name -> (mode, size, format): photos users do send, that must be pro
 
 def write(path: Path, mode: str, size: tuple[int, int], fmt: str, orientation: int | None = None) -> Path:
     rng = np.random.default_rng(len(path.name))
+    if mode == "RGB;16":  # 16 bits a channel: Pillow cannot write it, OpenCV can
+        cv2.imwrite(str(path), rng.integers(0, 65535, (size[1], size[0], 3), dtype=np.uint16))
+        return path
     if mode == "I;16":
         im = Image.fromarray(rng.integers(0, 65535, (size[1], size[0]), dtype=np.uint16))
     else:
@@ -75,6 +79,11 @@ def test_sixteen_bit_photos_are_scaled_to_eight_bits_not_clipped(tmp_path):
     grey = np.full((48, 64), 32768, np.uint16)  # mid grey
     Image.fromarray(grey).save(tmp_path / "mid.png")
     assert decode(tmp_path / "mid.png", 128).rgb.mean() == pytest.approx(127.5, abs=1)
+    rgb = np.empty((48, 64, 3), np.uint16)
+    rgb[...] = (1000, 32768, 65535)  # BGR, as OpenCV writes it: red full, green half, blue nearly none
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb)
+    assert cv2.imread(str(tmp_path / "rgb16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert decode(tmp_path / "rgb16.png", 128).rgb.reshape(-1, 3).mean(axis=0) == pytest.approx((255, 128, 4), abs=1)
 
 
 @pytest.mark.parametrize(("name", "make", "error"), [
@@ -140,6 +149,8 @@ def test_any_voc_file_gives_objects_or_a_problem_never_a_crash(tmp_path, xml):
 @PROPS
 @given(lines=st.lists(st.one_of(TEXT, st.lists(NUMBER, max_size=9).map(" ".join)), max_size=5),
        names=st.one_of(TEXT, st.just("names: [crack]"), st.just("names: {0: crack}")))
+@example(lines=["0 nan 0.5 0.2 0.2", "0 0.1 0.1 inf 0.5 0.3 0.9", "0 0.5 0.5 0.2 0.2", "0 0.1"],
+         names="names: [crack]")  # non-finite points, a good box, too few values
 def test_any_yolo_labels_give_objects_or_a_problem_never_a_crash(tmp_path, lines, names):
     root = tmp_path / "yolo"
     (root / "train" / "images").mkdir(parents=True, exist_ok=True)
@@ -147,7 +158,13 @@ def test_any_yolo_labels_give_objects_or_a_problem_never_a_crash(tmp_path, lines
     Image.new("RGB", (40, 30)).save(root / "train" / "images" / "a.jpg")
     (root / "train" / "labels" / "a.txt").write_text("\n".join(lines))
     (root / "data.yaml").write_text(names)
-    yolo.read(root)
+    images, problems = yolo.read(root)
+    [image] = images  # the photo is read whatever its label file says
+    label = root / "train" / "labels" / "a.txt"
+    lines = [line for line in label.read_text().splitlines() if line.strip()]
+    # each line gives one object, or one problem naming the label file: none is dropped silently
+    assert len(image.objects) + sum(p.path == label for p in problems) == len(lines)
+    assert_finite(image.objects)
 
 
 JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10)),
@@ -164,8 +181,20 @@ JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats
     "categories": st.lists(st.fixed_dictionaries({"id": JSON, "name": JSON}), max_size=2)})))
 def test_any_coco_json_gives_objects_or_a_problem_never_a_crash(tmp_path, doc):
     root = export(tmp_path / "coco")
-    (root / "train" / "_annotations.coco.json").write_text(json.dumps(doc))
-    coco.read(root)
+    annotations = root / "train" / "_annotations.coco.json"
+    annotations.write_text(json.dumps(doc))
+    images, problems = coco.read(root)
+    if not isinstance(doc, dict) or "images" not in doc:  # not a COCO file: said so, nothing read
+        assert images == [] and [p.path for p in problems] == [annotations]
+    for image in images:  # only the photo that exists, beside its annotations
+        assert image.image == root / "train" / "a.jpg"
+        assert_finite(image.objects)
+
+
+def assert_finite(objects) -> None:
+    for obj in objects:
+        points = [v for point in obj.polygon or () for v in point] + list(obj.box or ())
+        assert points and all(np.isfinite(v) for v in points), obj
 
 
 @PROPS

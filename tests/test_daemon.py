@@ -4,13 +4,15 @@ One daemon for the file, taken through stages, each a module-scoped fixture that
 that any test also runs alone (it sets up the stages it needs): 30 real photos (one as PNG) dropped at
 once with a slowly written file, a duplicate under a new name, a zero-byte file, a truncated JPEG and a
 text file named .jpg; then 30 more photos and a SIGKILL in the middle of processing them, and a restart;
-then a new model version promoted while it runs. The last test stops it with SIGTERM.
+then a new model version promoted while it runs. The last test stops it with SIGTERM while a batch is in hand
+(the processor held by a hook, tests/support/hooks.py).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,8 @@ from PIL import Image
 from daemon.store import Store
 from tests.support.daemon import DaemonProcess, write_daemon_config
 from tests.support.datasets import CRACKS, DRYWALL, need_shared, real_photos
-from tests.support.photos import drop, put
+from tests.support.hooks import HOLD_BATCH, HOLD_CLAIMS, install
+from tests.support.photos import drop, put, write_photo
 
 pytestmark = pytest.mark.realdata
 XSS = "<img src=x onerror=alert(1)>.jpg"  # a file name is user input; reports must show it as text
@@ -42,6 +45,7 @@ def daemon(tmp_path_factory, tiny_checkpoint):
         "sites": {"tower-a": {"mm_per_pixel": 0.5}},
     })
     with DaemonProcess(home, config) as d:  # a test failed half-way: no daemon left behind
+        install(d, HOLD_CLAIMS, HOLD_BATCH)  # idle until a test creates their files
         d.start(wait=True)
         yield d
 
@@ -178,7 +182,8 @@ def test_a_promoted_model_is_picked_up_without_a_restart(daemon, promoted):
     assert d.count("SELECT count(DISTINCT model_version_id) FROM detections") == 2
 
 
-def test_the_daily_report_of_a_store_filled_by_the_daemon_opens_cleanly_in_chromium(daemon, promoted, cli, visit):
+def test_the_daily_report_of_a_store_filled_by_the_daemon_shows_its_figures_and_opens_cleanly_in_chromium(
+        daemon, promoted, cli, visit):
     d = daemon
     result = cli("-c", d.config, "report", "--out", d.home / "reports")
     assert result.code == 0, result.stderr
@@ -186,16 +191,85 @@ def test_the_daily_report_of_a_store_filled_by_the_daemon_opens_cleanly_in_chrom
     page.clean()
     text = page.page.inner_text("body")
     assert XSS in text  # the quarantined file's name, as text
-    assert "62" in text and "tower-a" in text and "tower-c" in text and "tiny-v2" in text
+    assert "tiny-v2" in text
+    # the figures an analyst gets from the store's tables (every photo here was captured today)
+    cracked = {name: pct for name, site, pct in crack_pcts(d) if pct > 0}
+    totals = figures(page.page, "section.totals")
+    assert totals["Photos processed"] == "62" == str(d.done())
+    assert totals["Photos with cracks"] == str(len(cracked))
+    assert totals["Failed photos"] == "3" == str(d.count("SELECT count(*) FROM failures WHERE final"))
+    failed = page.page.inner_text("section.failures")
+    assert all(name in failed for name in ("empty.jpg", "truncated.jpg", XSS))
+    sections = page.page.eval_on_selector_all("section.site", """els => els.map(e => ({
+        site: e.querySelector('h2').innerText.replace('Site: ', ''),
+        figures: Object.fromEntries([...e.querySelectorAll('dl.figures > div')].map(f => [
+            f.querySelector('dt').textContent.trim(), f.querySelector('dd').textContent])),
+        worst: [...[...e.querySelectorAll('h3, h4')].find(h => h.textContent.trim() == 'Worst photos')
+            .nextElementSibling.querySelectorAll('.shot .name')].map(n => n.textContent)}))""")
+    by_site = dict(d.query("SELECT site, count(*) FROM photos JOIN jobs ON photo_id = photos.id "
+                           "WHERE status = 'done' GROUP BY site"))
+    assert [s["site"] for s in sections] == sorted(by_site) == ["tower-a", "tower-b", "tower-c"]
+    for s in sections:
+        assert s["figures"]["Photos processed"].split()[0] == str(by_site[s["site"]])
+        # the worst photos: some of the site's photos with cracks, when it has any, most crack first, and no
+        # photo left out has more crack than one shown
+        mine = [(name, pct) for name, site, pct in crack_pcts(d) if site == s["site"] and pct > 0]
+        shown = [cracked[name] for name in s["worst"]]
+        assert bool(shown) == bool(mine) and shown == sorted(shown, reverse=True)
+        assert all(pct <= min(shown) for name, pct in mine if name not in s["worst"])
     # thumbnails of the worst photos, when the (random) tiny model marked cracks, all load
     assert all(i["complete"] and i["width"] > 0 for i in page.images())
 
 
+def crack_pcts(d: DaemonProcess) -> list[tuple[str, str, float]]:
+    """(name, site, crack area %) of every processed photo, from the store's tables."""
+    return d.query("SELECT name, site, area_pct FROM photos JOIN detections ON photo_id = photos.id "
+                   "WHERE task = 'crack'")
+
+
+def figures(page, section: str) -> dict[str, str]:
+    """The headline figures of a report section by their label: the first word of each (its number)."""
+    pairs = page.eval_on_selector_all(f"{section} dl.figures > div", """els => els.map(e => [
+        e.querySelector('dt').textContent, e.querySelector('dd').textContent])""")
+    return {label.strip(): value.split()[0] for label, value in pairs}
+
+
 def test_sigterm_finishes_the_photos_in_hand_and_exits_cleanly(daemon):
-    """Last in the file: after the other tests, the daemon they used; alone, a daemon just up."""
+    """Last in the file: after the other tests, the daemon they used; alone, a daemon just up. SIGTERM lands
+    while a batch is claimed (`running`) and held; every photo of it is done before the exit, the rest wait."""
     d = daemon
     assert d.running()
-    assert d.terminate() == 0
+    hold_claims, hold = d.home / "hold-claims", d.home / "hold"
+    (d.home / "in" / "tower-d" / "L1").mkdir(parents=True, exist_ok=True)  # watched before its photos arrive
+    hold_claims.touch()
+    hold.touch()
+    try:
+        d.wait_for("the processor to wait before claiming", lambda: any(d.home.glob("claims-held.*")))
+        pending_before = d.count("SELECT count(*) FROM jobs WHERE status = 'pending'")
+        for i in range(6):
+            write_photo(d.home / "in" / "tower-d" / "L1" / f"term-{i}.jpg", (160, 120))
+        d.wait_for("6 photos queued", lambda: d.count(
+            "SELECT count(*) FROM jobs WHERE status = 'pending'") == pending_before + 6)
+        hold_claims.unlink()
+        d.wait_for("a batch of 4 in hand", lambda: d.count("SELECT count(*) FROM jobs WHERE status = 'running'") == 4)
+        in_hand = d.query("SELECT photo_id FROM jobs WHERE status = 'running' ORDER BY photo_id")
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_for("the stop to begin", lambda: "stopping: finishing the photos in hand" in d.log_text())
+        assert d.query("SELECT photo_id FROM jobs WHERE status = 'running' ORDER BY photo_id") == in_hand, \
+            "nothing finished before the batch was let go"
+        hold.unlink()  # the batch goes on, with the stop already requested
+        code = d.proc.wait(timeout=60)
+    finally:
+        hold_claims.unlink(missing_ok=True)
+        hold.unlink(missing_ok=True)
+    assert code == 0
+    ids = ", ".join(str(i) for (i,) in in_hand)
+    assert d.query(f"SELECT DISTINCT status FROM jobs WHERE photo_id IN ({ids})") == [("done",)]
+    assert d.count(f"SELECT count(*) FROM detections WHERE photo_id IN ({ids})") == 8
+    assert d.count("SELECT count(*) FROM jobs WHERE status = 'running'") == 0
+    assert d.count("SELECT count(*) FROM jobs WHERE status = 'pending'") == pending_before + 2  # taken at next start
+    finished = [name for (name,) in d.query(f"SELECT name FROM photos WHERE id IN ({ids})")]
+    assert all(d.commits()[name] == 1 for name in finished)
     assert d.log_text().rstrip().endswith("stopped")
 
 

@@ -6,7 +6,7 @@ recorded once, processed once, with both masks on disk at the source's size, and
 - SIGKILL at random moments (start-up, intake, processing, commit) over several cycles while photos arrive;
 - the outputs disk fills up (a small tmpfs): intake and processing pause, the pause is recorded and shown by
   `status`, and work resumes by itself when space returns;
-- the store locked by another writer for seconds;
+- the store locked by another writer for seconds, and for longer than its busy timeout;
 - the watch root unmounted while photos wait in the queue (a share going away), and mounted again;
 - a damaged model promoted while the daemon runs (refused, the old one keeps working), or while it is down
   (the configured checkpoint runs instead); a missing or damaged configured model (exit 2, one message).
@@ -35,6 +35,7 @@ import pytest
 from tests.support.daemon import DaemonProcess, write_daemon_config
 from tests.support.datasets import CRACKS, DRYWALL, need_shared
 from tests.support.faults import cannot_mount, fill, mount, write_lock
+from tests.support.hooks import HOLD_BATCH, HOLD_CLAIMS, SHORT_BUSY_TIMEOUT, install
 from tests.support.photos import bad_mask, put, unique_jpeg
 
 pytestmark = [pytest.mark.faults, pytest.mark.realdata]
@@ -158,34 +159,12 @@ class Faulty(DaemonProcess):
         return json.loads(result.stdout)
 
 
-# imported by the daemon's interpreter at start: while the file `hold` in its home exists, the processor
-# waits before each batch (intake goes on), so a test can have photos queued without racing the model
-HOLD = """
-import time
-from pathlib import Path
-import daemon.process
-
-process = daemon.process.Processor.process
-
-
-def held(self, jobs):
-    while Path("hold").exists():
-        time.sleep(0.05)
-    return process(self, jobs)
-
-
-daemon.process.Processor.process = held
-"""
-
-
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory, tiny_checkpoint):
     home = tmp_path_factory.mktemp("faults")
     why = cannot_mount(home)
     d = Faulty(home, config(home, tiny_checkpoint))
-    (home / "hooks").mkdir()
-    (home / "hooks" / "sitecustomize.py").write_text(HOLD)
-    d.env["PYTHONPATH"] = f"{home / 'hooks'}:{d.env['PYTHONPATH']}"
+    install(d, HOLD_BATCH)  # while the file `hold` exists the processor waits, so photos queue up
     (home / "out").mkdir()
     if why is None:  # outputs on a small disk of their own; the watch root a mount that can go away
         mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(home / "out"))
@@ -244,6 +223,37 @@ def test_a_store_locked_by_another_writer_for_seconds_only_delays_the_work(fault
         assert d.proc.poll() is None  # ...and nothing broke
     d.wait_for("the 5 photos done", lambda: d.done() == before + 5)
     assert d.query(f"SELECT error FROM failures WHERE id > {last_failure}") == []
+    assert_each_photo_processed_once(d, d.shas)
+
+
+def test_a_store_locked_past_its_busy_timeout_delays_the_work_and_uses_up_no_attempts(tmp_path, tiny_checkpoint):
+    """The busy timeout is 0.5 s here (a hook), so a lock of a few seconds outlasts it, as a minute-long backup
+    outlasts the shipped 30 s: the batch in hand cannot be committed, nor its failure recorded."""
+    d = Faulty(tmp_path, config(tmp_path, tiny_checkpoint))
+    install(d, SHORT_BUSY_TIMEOUT, HOLD_CLAIMS, HOLD_BATCH)
+    hold_claims, hold = tmp_path / "hold-claims", tmp_path / "hold"
+    with d:
+        d.start(wait=True)
+        hold_claims.touch()
+        hold.touch()
+        try:
+            d.send(4)
+            d.wait_for("4 photos queued", lambda: d.count("SELECT count(*) FROM jobs WHERE status = 'pending'") == 4)
+            hold_claims.unlink()
+            d.wait_for("the 4 in hand", lambda: d.count("SELECT count(*) FROM jobs WHERE status = 'running'") == 4)
+            with write_lock(d.db):  # a backup tool, or an analyst's long write
+                hold.unlink()
+                d.wait_for("the outcome to fail to be recorded", lambda: "could not be recorded" in d.log_text())
+                assert d.count("SELECT count(*) FROM jobs WHERE status = 'running'") == 4
+        finally:
+            hold_claims.unlink(missing_ok=True)
+            hold.unlink(missing_ok=True)
+        d.wait_for("the 4 photos done", lambda: d.done() == 4, timeout=120)
+        assert d.query("SELECT max(attempts) FROM jobs") == [(1,)], "the lock used up none of their attempts"
+        assert d.query("SELECT path FROM failures WHERE final") == []
+        assert set(d.commits().values()) == {1} and len(d.commits()) == 4
+        assert d.terminate() == 0
+    assert "database is locked" in d.log_text() and "Traceback" not in d.log_text()
     assert_each_photo_processed_once(d, d.shas)
 
 

@@ -241,3 +241,30 @@ def test_yolo_and_coco_exports_give_the_same_masks_as_voc(small_exports, tmp_pat
         a, b = np.asarray(Image.open(r.mask)) > 0, np.asarray(Image.open(g.mask)) > 0
         iou = (a & b).sum() / max(1, (a | b).sum())
         assert iou > 0.97, (r.image, iou)  # YOLO's normalised coordinates round a little
+
+
+def tiny_voc(root: Path, cls: str, n: int = 3) -> Path:
+    """A VOC export of `n` small photos in train/, each with one box of class `cls`."""
+    (root / "train").mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (64, 48), (40 * i, 90, 90)).save(root / "train" / f"p{i}.jpg")
+        (root / "train" / f"p{i}.xml").write_text(
+            f"<annotation><filename>p{i}.jpg</filename><size><width>64</width><height>48</height></size>"
+            f"<object><name>{cls}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>{30 + i}</xmax><ymax>20</ymax>"
+            "</bndbox></object></annotation>")
+    return root
+
+
+def test_prep_data_name_dir_gives_each_named_dataset_its_folder_whatever_the_order(cli, write_config, tmp_path):
+    taping, cracks = tiny_voc(tmp_path / "export-1", "drywall-join"), tiny_voc(tmp_path / "export-2", "crack")
+    config, out = write_config(), tmp_path / "prep"
+    # neither folder is named like a configured root, and they come in the other order than the config's
+    result = cli("--config", config, "prep", "-q", "--data", f"drywall={taping}", "--data", f"cracks={cracks}",
+                 "--out", out)
+    assert result.code == 0, result.stderr
+    rows = manifest(out)
+    assert {r["task"] for r in rows} == {"crack", "taping"}
+    for r in rows:
+        assert Path(r["image"]).parent.parent == (cracks if r["task"] == "crack" else taping), r
+    unknown = cli("--config", config, "prep", "-q", "--data", f"walls={cracks}", "--out", out)
+    assert unknown.code == 2 and "cannot tell which dataset" in unknown.stderr and "NAME=DIR" in unknown.stderr

@@ -7,12 +7,14 @@ from datetime import datetime
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from daemon.app import pause_recorder
 from daemon.intake import identify, record
 from daemon.space import Space
 from daemon.store import Store
 from model.images import decode
+from tests.support.orientation import misplaced, red_corner_photo, sees_red
 from tests.support.photos import write_photo as photo
 from tests.support.processor import queue
 
@@ -165,3 +167,78 @@ def test_a_photo_whose_failure_could_not_be_recorded_is_queued_again_before_the_
     processor.stop_event.set()
     processor.join(timeout=30)
     assert store.queue.counts(datetime(2000, 1, 1))["processed"] == 1
+
+
+# ---- what users see: orientation, overlays; a GPU's out-of-memory; a photo that crashes the daemon ----
+
+def test_masks_follow_the_exif_orientation_of_each_photo_as_viewers_show_it(setup, monkeypatch):
+    root, store, processor = setup
+    monkeypatch.setattr(processor.model, "predict_logits", sees_red)
+    photos = [red_corner_photo(root / "tower-a" / "L1" / f"o{o}.jpg", o) for o in range(1, 9)]
+    queue(store, root, *photos)
+    processor.process(store.queue.claim(8, "t"))
+    out = processor.config.outputs.dir / "tower-a" / datetime.now().strftime("%Y-%m-%d")
+    for path in photos:  # a few pixels along the corner's edges may differ (JPEG)
+        assert misplaced(out / f"{path.stem}__segment_crack.png", path) < 0.02, f"{path.name}: not where it is red"
+
+
+def test_overlays_are_no_larger_than_outputs_overlay_max_side_and_masks_keep_the_full_size(setup):
+    root, store, processor = setup
+    outputs = processor.config.outputs
+    processor.config = processor.config.model_copy(update={"outputs": outputs.model_copy(
+        update={"overlay_max_side": 64})})
+    queue(store, root, photo(root / "tower-a" / "L1" / "wide.jpg", (400, 300)))
+    processor.process(store.queue.claim(8, "t"))
+    out = outputs.dir / "tower-a" / datetime.now().strftime("%Y-%m-%d")
+    with Image.open(out / "wide__overlay.jpg") as im:
+        assert im.size == (64, 48)
+    with Image.open(out / "wide__segment_crack.png") as im:
+        assert im.size == (400, 300)
+
+
+def test_a_gpu_out_of_memory_halves_the_batch_until_it_fits_and_every_photo_is_done(setup, monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from daemon.process import Processor
+
+    root, store, processor = setup
+    monkeypatch.setattr(Processor, "infer_batch", property(lambda self: self.batch_size))  # as on a GPU
+    processor.batch_size = 8
+    real, calls = processor.model.predict, []
+
+    def predict(images, prompts):  # room for two photos at a time
+        calls.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory with {len(images)} photos (simulated)")
+        return real(images, prompts)
+
+    monkeypatch.setattr(processor.model, "predict", predict)
+    queue(store, root, *[photo(root / f"p{i}.jpg", seed=i) for i in range(8)])
+    with caplog.at_level(logging.WARNING, logger="qa-daemon"):
+        processor.process(store.queue.claim(8, "t"))
+    counts = store.queue.counts(datetime(2000, 1, 1))
+    assert (counts["processed"], counts["failed"], counts["pending"]) == (8, 0, 0)
+    assert calls == [8, 4, 2, 2, 4, 2, 2] and processor.batch_size == 2  # halved until it fits, for good
+    assert "CUDA out of memory with 8 photos; batch size now 4" in caplog.text
+    queue(store, root, *[photo(root / f"q{i}.jpg", seed=10 + i) for i in range(3)])
+    calls.clear()
+    processor.process(store.queue.claim(processor.batch_size, "t"))
+    assert calls == [2]  # the next batches are claimed at the size that fits
+
+
+def test_a_photo_in_hand_at_every_crash_is_quarantined_at_the_next_start_with_a_note(setup):
+    root, store, processor = setup  # watch.max_attempts: 2
+    poison = photo(root / "tower-a" / "L1" / "poison.jpg")
+    queue(store, root, poison)
+    for _ in range(2):  # claimed, then the daemon dies before any outcome is recorded; twice
+        processor.recover()
+        assert [j.path for j in store.queue.claim(8, "t")] == [poison]
+    processor.recover()  # the next start
+    moved = processor.config.outputs.quarantine / "tower-a" / "L1" / "poison.jpg"
+    assert moved.is_file() and not poison.exists()
+    assert "stopped 2 times while processing this photo" in (moved.parent / "poison.jpg.error.txt").read_text()
+    counts = store.queue.counts(datetime(2000, 1, 1))
+    assert (counts["failed"], counts["pending"]) == (1, 0)
+    assert store.queue.claim(8, "t") == []

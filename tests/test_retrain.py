@@ -258,3 +258,40 @@ def test_an_automatic_retrain_uses_the_daemons_store_without_showing_it_in_the_p
     retrain.start_retrain(config, 7)
     assert started["env"]["QA_DAEMON_STORE"] == url
     assert "S3cretX" not in " ".join(started["args"]) and "--config" not in started["args"]
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_with_retrain_auto_the_scheduled_check_starts_a_retrain_of_its_request(tmp_path, monkeypatch, auto):
+    from daemon import retrain
+    from daemon.config import ScheduleConfig, TrainConfig
+    from daemon.schedule import Scheduler
+    from tests.support.photos import write_photo
+
+    inbox = tmp_path / "inbox"
+    for i in range(3):  # newly labeled photos: an image with its VOC file
+        write_photo(inbox / "batch-1" / f"p{i}.jpg", seed=i)
+        (inbox / "batch-1" / f"p{i}.xml").write_text("<annotation/>")
+    started = []
+
+    class Popen:  # `qa-daemon retrain` as its own process, recorded rather than run
+        def __init__(self, args, **kwargs):
+            started.append(args)
+
+    monkeypatch.setattr(retrain.subprocess, "Popen", Popen)
+    (tmp_path / "config.yaml").write_text("{}")
+    config = Config(source=tmp_path / "config.yaml", train=TrainConfig(out=tmp_path / "runs"),
+                    retrain={"inbox": inbox, "min_new_images": 3, "auto": auto},
+                    schedule=ScheduleConfig(retrain_check_hours=24, daily_report=None, weekly_summary=None,
+                                            retention_days=None, scrub=None, scrub_startup_days=0))
+    store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
+    store.models.register("v1", tmp_path / "v1", "compact", "1" * 64, {})
+    Scheduler(config, store).retrain_check()
+    [request] = store.runs.retrain_requests()
+    assert (request.new_images, request.status) == (3, "requested")
+    if auto:
+        [args] = started
+        assert args[-4:] == ["retrain", "--request", str(request.id), "--quiet"]
+        assert args[args.index("--config") + 1] == str(tmp_path / "config.yaml")
+    else:
+        assert started == [], "without retrain.auto the request waits for `qa-daemon retrain`"
+    store.close()

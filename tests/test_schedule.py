@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -53,8 +54,9 @@ def test_history_groups_trend_rows_by_day_week_and_month(store, tmp_path, cli):
     assert [(r["period"], r["photos"], r["wide"]) for r in weekly] == [("2026-11-02", 3, 1), ("2026-11-09", 1, 0)]
     monthly = cli("history", "--store", url, "--group-by", "month", "--prompt", "segment drywall seam",
                   "--format", "csv").stdout.splitlines()
-    assert monthly[0] == "period,site,photos,mean_taping_coverage_pct"
-    assert monthly[1:] == ["2026-11,tower-a,4,5.0", "2026-11,tower-b,1,5.0"]
+    assert monthly[0] == ("period,site,photos,photos_with_taping,taping_share_pct,mean_taping_coverage_pct,"
+                          "taping_segments,taping_length_px,taping_length_mm")
+    assert monthly[1:] == ["2026-11,tower-a,4,4,100.0,5.0,4,,", "2026-11,tower-b,1,1,100.0,5.0,1,,"]
     since = json.loads(cli("history", "--store", url, "--since", "2026-11-03", "--until", "2026-11-05",
                            "--format", "json").stdout)
     assert {r["period"] for r in since} == {"2026-11-03"}
@@ -77,29 +79,132 @@ def test_analysts_can_query_the_daily_site_summary_view_with_plain_sql(store, tm
     con.close()
 
 
-def test_jobs_fire_once_each_across_two_daemons_and_a_missed_report_is_rendered_at_start(store, tmp_path):
-    soon = datetime.now() + timedelta(seconds=3)
-    config = Config(schedule=ScheduleConfig(
-        daily_report=soon.strftime("%H:%M:%S"), weekly_summary=None, retrain_check_hours=1.0,
-        retention_days=None, reports_dir=tmp_path / "reports"), retrain={"inbox": tmp_path / "inbox"})
-    first, second = Scheduler(config, store), Scheduler(config, store)  # two processes sharing one store
-    if soon.date() != date.today():
-        pytest.skip("too close to midnight for a same-day cron test")
-    first.start()
-    second.start()
-    time.sleep(5)
-    first.stop()
-    second.stop()
+# the scheduler's clock, injected: Wednesday 2026-11-25, 09:00 in Berlin
+ZONE = "Europe/Berlin"
+NOW = datetime(2026, 11, 25, 9, 0, tzinfo=ZoneInfo(ZONE))
+
+
+class FrozenDatetime(datetime):
+    """`datetime` whose now() is NOW (in the zone asked for; naive: Berlin's wall time)."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return NOW.astimezone(tz) if tz is not None else NOW.replace(tzinfo=None)
+
+
+class Clock:
+    """The scheduler's `time` module: time() is set by the test, monotonic() is the real one."""
+
+    def __init__(self, now: datetime):
+        self.now = now.timestamp()
+
+    def time(self) -> float:
+        return self.now
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+
+def schedule_config(tmp_path, **jobs) -> Config:
+    """Only the jobs named in `jobs`; reports into tmp_path/reports."""
+    off = {"daily_report": None, "weekly_summary": None, "retrain_check_hours": None, "retention_days": None,
+           "scrub": None, "scrub_startup_days": 0}
+    return Config(schedule=ScheduleConfig(timezone=ZONE, reports_dir=tmp_path / "reports", **{**off, **jobs}),
+                  retrain={"inbox": tmp_path / "inbox"})
+
+
+def runs(store) -> list[tuple[str, str, str | None]]:
     con = sqlite3.connect(store.engine.url.database)
-    runs = con.execute("SELECT job, slot, outcome FROM schedule_runs ORDER BY job, slot").fetchall()
+    rows = con.execute("SELECT job, slot, outcome FROM schedule_runs ORDER BY job, slot").fetchall()
     con.close()
-    yesterday, today = (date.today() - timedelta(days=1)).isoformat(), date.today().isoformat()
-    assert [(job, slot) for job, slot, _ in runs] == [
-        ("daily_report", yesterday), ("daily_report", today), ("retrain_check", runs[2][1])]
-    assert (tmp_path / "reports" / f"daily-{yesterday}.html").is_file()  # missed while down: made at start
-    assert (tmp_path / "reports" / f"daily-{today}.html").is_file()  # the cron run
-    assert (tmp_path / "reports" / "index.html").is_file()
-    assert runs[2][2] == "0 new labeled images"
+    return rows
+
+
+def test_each_job_runs_once_per_slot_across_two_daemons_sharing_a_store(store, tmp_path, monkeypatch):
+    import daemon.schedule
+
+    clock = Clock(NOW)
+    monkeypatch.setattr(daemon.schedule, "time", clock)
+    made, checks = [], []  # the work each job does, each time it is done
+    write_report, check = daemon.schedule.write_report, daemon.schedule.retrain.check
+    monkeypatch.setattr(daemon.schedule, "write_report", lambda *a, **k: made.append(a[1:3]) or write_report(*a, **k))
+    monkeypatch.setattr(daemon.schedule.retrain, "check", lambda *a, **k: checks.append(1) or check(*a, **k))
+    config = schedule_config(tmp_path, daily_report="18:00", weekly_summary="mon 08:00", retrain_check_hours=24)
+    first, second = Scheduler(config, store), Scheduler(config, store)  # two processes sharing one store
+    for scheduler in (first, second, first):  # what their triggers call, each process in turn
+        scheduler.daily_report(date(2026, 11, 24))
+        scheduler.weekly_summary(date(2026, 11, 23))
+        scheduler.retrain_check()
+    clock.now += 3600  # an hour later: the same day's retrain slot, already run
+    second.retrain_check()
+    day_slot = datetime.fromtimestamp(datetime(2026, 11, 25, tzinfo=UTC).timestamp()).isoformat()
+    reports = tmp_path / "reports"
+    assert runs(store) == [("daily_report", "2026-11-24", str(reports / "daily-2026-11-24.html")),
+                           ("retrain_check", day_slot, "0 new labeled images"),
+                           ("weekly_summary", "2026-11-16", str(reports / "weekly-2026-11-16.html"))]
+    assert (reports / "daily-2026-11-24.html").is_file() and (reports / "weekly-2026-11-16.html").is_file()
+    assert made == [("daily", date(2026, 11, 24)), ("weekly", date(2026, 11, 16))] and len(checks) == 1
+    clock.now += 24 * 3600  # the next day's slot
+    second.retrain_check()
+    assert [slot for job, slot, _ in runs(store) if job == "retrain_check"] == [
+        day_slot, datetime.fromtimestamp(datetime(2026, 11, 26, tzinfo=UTC).timestamp()).isoformat()]
+
+
+def test_reports_missed_while_no_daemon_ran_are_rendered_at_start_and_owed_once(store, tmp_path, monkeypatch):
+    import daemon.schedule
+
+    monkeypatch.setattr(daemon.schedule, "datetime", FrozenDatetime)
+    config = schedule_config(tmp_path, daily_report="18:00", weekly_summary="mon 08:00")
+    # at 09:00 on Wednesday: the last daily report was due yesterday at 18:00, the last weekly summary on
+    # Monday 08:00 (for the week before it)
+    scheduler = Scheduler(config, store)
+    assert [(job.__name__, day) for job, day in scheduler.missed()] == [
+        ("daily_report", date(2026, 11, 24)), ("weekly_summary", date(2026, 11, 23))]
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum(outcome is not None for _, _, outcome in runs(store)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    assert [(job, slot) for job, slot, _ in runs(store)] == [("daily_report", "2026-11-24"),
+                                                             ("weekly_summary", "2026-11-16")]
+    assert (tmp_path / "reports" / "daily-2026-11-24.html").is_file()
+    assert (tmp_path / "reports" / "weekly-2026-11-16.html").is_file()
+    assert Scheduler(config, store).missed() == [], "a report made once is not owed again"
+
+
+def test_two_reports_rendered_at_the_same_moment_are_both_in_the_index(store, tmp_path, monkeypatch):
+    import threading
+
+    import reports.render
+
+    scheduler = Scheduler(schedule_config(tmp_path), store)
+    listed, go = threading.Event(), threading.Event()
+    write = reports.render.write_atomic
+
+    def write_atomic(path, data):  # the daily report's index waits, its folder listed, until told to go on
+        if threading.current_thread().name == "daily" and path.name == "index.html":
+            listed.set()
+            go.wait(30)
+        return write(path, data)
+
+    monkeypatch.setattr(reports.render, "write_atomic", write_atomic)
+    daily = threading.Thread(target=scheduler.daily_report, args=[date(2026, 11, 24)], name="daily")
+    weekly = threading.Thread(target=scheduler.weekly_summary, args=[date(2026, 11, 23)], name="weekly")
+    daily.start()
+    assert listed.wait(30)
+    weekly.start()  # the weekly summary's page is written while the daily one still updates the index
+    end = time.monotonic() + 30
+    while not (tmp_path / "reports" / "weekly-2026-11-16.html").exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    go.set()
+    daily.join(30)
+    weekly.join(30)
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert 'href="daily-2026-11-24.html"' in index
+    assert 'href="weekly-2026-11-16.html"' in index, "the weekly summary is missing from the index"
 
 
 def test_schedule_times_are_checked_when_the_config_is_loaded():

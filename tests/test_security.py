@@ -225,7 +225,8 @@ def test_a_folder_link_pointing_outside_the_watch_root_is_not_followed_when_poll
     (root / "site").mkdir(parents=True)
     outside.mkdir()
     (root / "site" / "linked folder").symlink_to(outside, target_is_directory=True)
-    config = Config(watch=WatchConfig(roots=[root], polling=True, poll_interval_s=0.1, rescan_interval_s=0.2),
+    # rescans 10 hours apart: whatever is offered after the first one, polling found
+    config = Config(watch=WatchConfig(roots=[root], polling=True, poll_interval_s=0.1, rescan_interval_s=36000),
                     outputs=OutputsConfig(dir=tmp_path / "out", quarantine=tmp_path / "quarantine"))
     store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
     offered = []
@@ -234,24 +235,38 @@ def test_a_folder_link_pointing_outside_the_watch_root_is_not_followed_when_poll
         def offer(self, path: Path, root: Path, complete: bool = False) -> None:
             offered.append(path)
 
+    def until(what, check) -> None:
+        deadline = time.monotonic() + 10
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
     stop = threading.Event()
     watcher = Watcher(config, stop, store, Settler())
     watcher.start()
     try:
-        time.sleep(0.5)  # the watch is set up and has looked once
+        until("the first rescan", lambda: watcher.last_rescan > 0)
+        for i in range(50):  # until polling reports a new photo (one made before its first look is not new to it)
+            write_photo(root / "site" / f"probe-{i}.jpg", seed=10 + i)
+            deadline = time.monotonic() + 1
+            while not offered and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if offered:
+                break
+        assert offered, "polling never reported a new photo"
         write_photo(outside / "private.jpg")
         write_photo(root / "site" / "inside.jpg", seed=1)
-        deadline = time.monotonic() + 5
-        while root / "site" / "inside.jpg" not in offered and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # a few more polls
+        until("the photo inside", lambda: root / "site" / "inside.jpg" in offered)
+        write_photo(root / "site" / "later.jpg", seed=2)  # a poll that began after private.jpg was there
+        until("a later photo", lambda: root / "site" / "later.jpg" in offered)
     finally:
         stop.set()
         watcher.stop()
         watcher.join(timeout=10)
         store.close()
-    assert root / "site" / "inside.jpg" in offered
+    assert watcher.last_rescan > 0 and watcher.is_alive() is False
     assert [p for p in offered if not within(p, root)] == [], "a photo outside the watch root was picked up"
+    assert all(p.parent == root / "site" for p in offered), "nothing reached through the link"
 
 
 def test_a_photo_reached_through_a_folder_link_pointing_outside_is_refused(tmp_path):

@@ -256,3 +256,18 @@ def test_every_registered_backend_name_builds_the_class_that_carries_it():
     assert {name: backend_class(name).backend for name in BACKENDS} == {name: name for name in BACKENDS}
     with pytest.raises(CheckpointError, match="unknown backend 'yolo'; valid backends: clipseg, compact"):
         backend_class("yolo")
+
+
+def test_predict_writes_masks_as_viewers_show_each_photo_whatever_its_exif_orientation(
+        cli, write_config, tiny_checkpoint, tmp_path, monkeypatch):
+    from model.segmenter import Segmenter
+    from tests.support.orientation import misplaced, red_corner_photo, sees_red
+
+    monkeypatch.setattr(Segmenter, "predict_logits", lambda self, pixels, prompts: sees_red(pixels, prompts))
+    config = write_config({"model": {"checkpoint": str(tiny_checkpoint), "device": "cpu", "runtime": "eager"}})
+    photos = [red_corner_photo(tmp_path / "photos" / f"o{o}.jpg", o) for o in range(1, 9)]
+    result = cli("--config", config, "predict", tmp_path / "photos", "--out", tmp_path / "masks")
+    assert result.code == 0, result.stderr
+    for photo in photos:
+        for prompt in PROMPTS:
+            assert misplaced(tmp_path / "masks" / mask_name(photo.stem, prompt), photo) < 0.02, photo.name

@@ -12,7 +12,10 @@ Fixture modules, loaded through `pytest_plugins` in tests/conftest.py:
 Helpers, imported where used (bench/ uses them too):
 
 - daemon: `DaemonProcess`, a real `qa-daemon run` child process and its store;
+- hooks: `install` and the hooks it puts into a daemon process (hold the processor, crash a thread, a short busy
+  timeout), switched by files in its home;
 - photos: photo makers, delivery into a watched folder, the mask check;
+- orientation: photos with each EXIF orientation and a stand-in model that finds their red corner;
 - faults: mounts, full disks, a held store lock;
 - models: model fixtures (`write_random_base`);
 - store: `fill`, a store with processed photos in it;

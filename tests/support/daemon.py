@@ -67,12 +67,13 @@ class DaemonProcess:
 
     `precompiled`: bytecode compiled once into home/pycache and reused, as `uv sync --compile-bytecode`
     installs it (a restart takes about 10 s rather than 28 s). `track_memory`: `peak_rss` over all runs.
-    `closing`, once set, refuses new starts and ends a start being waited for.
+    `closing`, once set, refuses new starts and ends a start being waited for. `args`: options of `run`
+    (`--polling`, ...).
     """
 
     def __init__(self, home: Path, config: Path, log: str = "daemon.log", *, server_url: str | None = None,
-                 precompiled: bool = False, track_memory: bool = False):
-        self.home, self.config, self.db = home, config, home / "qa.sqlite3"
+                 precompiled: bool = False, track_memory: bool = False, args: tuple[str, ...] = ()):
+        self.home, self.config, self.db, self.args = home, config, home / "qa.sqlite3", args
         self.log_name, self.server_url, self.track_memory = log, server_url, track_memory
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         if precompiled:
@@ -103,7 +104,7 @@ class DaemonProcess:
         runs_before = self.log_text().count(STARTED)
         begin = time.monotonic()
         with log.open("a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(self.config), "run"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(self.config), "run", *self.args],
                                          cwd=self.home, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         if self.track_memory:
             self._memory = PeakMemory(self.proc.pid)
@@ -192,7 +193,8 @@ class DaemonProcess:
 
     # ---- its store ---------------------------------------------------------------------------------
     def query(self, sql: str) -> list[tuple]:
-        """Rows of `sql` on the store; [] while its tables do not exist yet."""
+        """Rows of `sql` on the store; [] while its tables do not exist yet. Any other error is raised: a
+        broken query must fail the test, not read as "no rows"."""
         if self.server_url is not None:
             return self._server_query(sql)
         if not self.db.exists():
@@ -200,18 +202,24 @@ class DaemonProcess:
         con = sqlite3.connect(self.db, timeout=30)
         try:
             return con.execute(sql).fetchall()
-        except sqlite3.OperationalError:  # tables not created yet
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
             return []
         finally:
             con.close()
 
     def _server_query(self, sql: str) -> list[tuple]:
+        from psycopg.errors import UndefinedTable
         from sqlalchemy import text
+        from sqlalchemy.exc import ProgrammingError
 
         try:
             with self.engine.connect() as conn:
                 return [tuple(r) for r in conn.execute(text(sql))]
-        except Exception:  # noqa: BLE001 - tables not created yet
+        except ProgrammingError as exc:
+            if not isinstance(exc.orig, UndefinedTable):
+                raise
             return []
 
     @property
