@@ -93,7 +93,10 @@ class Watcher(threading.Thread):
 
     def stop(self) -> None:
         self.observer.stop()
-        self.observer.join(timeout=10)
+        # a start that fails at once stops the watcher before its thread has started the observer: nothing to
+        # join then, and an observer started after this stop ends at once
+        if self.observer.ident is not None:
+            self.observer.join(timeout=10)
 
     def consider(self, path: Path, root: Path, complete: bool = False) -> None:
         """Offer `path` to the settler if it is a photo name outside the daemon's own folders; `complete`: the OS

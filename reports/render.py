@@ -21,6 +21,7 @@ Files written under `out_dir`, each atomically (a reader sees the old file or th
     daily-2026-11-24.html, weekly-2026-11-23-tower-a.html   the reports
     index.html                                              every report there, newest first
     index.json                                              the index's data, one entry per report
+    .index.lock                                             held while the index is updated (empty)
     thumbs/<hash of the overlay path>.jpg                   thumbnails (not when self-contained)
     photos/<day>/<site>/by-<column>.html                    every photo of a site and day (reports.photos)
 """

@@ -254,8 +254,8 @@ def test_rendering_the_same_summary_again_gives_the_same_files(tmp_path):
     again = render_report(summary, out)
     assert again == first and again.read_bytes() == report and (out / "index.html").read_bytes() == index
     assert sorted((out / "thumbs").iterdir()) == thumbs and sorted((out / "photos").rglob("*")) == tables
-    assert sorted(p.name for p in out.iterdir()) == ["daily-2026-11-24.html", "index.html", "index.json", "photos",
-                                                      "thumbs"]
+    assert sorted(p.name for p in out.iterdir()) == [".index.lock", "daily-2026-11-24.html", "index.html", "index.json",
+                                                      "photos", "thumbs"]
 
 
 def test_the_index_lists_reports_without_index_data_by_their_names(tmp_path):

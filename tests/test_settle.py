@@ -205,3 +205,16 @@ def test_a_huge_copy_is_counted_in_full_and_listed_in_part_waiting_files_first(t
     snap = s.snapshot(limit=200)
     assert (snap["settling"], snap["waiting"], len(snap["files"])) == (299, 1, 200)
     assert snap["files"][0]["path"] == str(files[-1]) and snap["files"][1]["path"] == str(files[0])
+
+
+def test_a_watcher_stopped_before_it_began_watching_stops_cleanly(tmp_path):
+    """A start that fails at once (a refused store, a missing model) stops the watcher before its thread has
+    started the OS observer: the stop must not fail, hiding the error the user needs to see."""
+    (tmp_path / "in").mkdir()
+    store = Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}")
+    try:
+        watcher = Watcher(Config(watch=WatchConfig(roots=[tmp_path / "in"])), threading.Event(), store, Offers())
+        watcher.stop()
+        assert not watcher.observer.is_alive()
+    finally:
+        store.close()
