@@ -41,7 +41,7 @@ def setup(tmp_path, small_exports, tiny_checkpoint):
         # of all held out, the gate has taping photos too (it refuses a candidate a task was not scored on)
         "prep": {"out": "prepared", "valid_fraction": 0.5},
         "model": {"checkpoint": str(tiny_checkpoint), "device": "cpu", "batch_size": 4},
-        "train": {"out": "runs", "batch_size": 2, "crop_size": 64, "num_workers": 0},
+        "train": {"out": "runs", "batch_size": 2, "crop_size": 64, "num_workers": 0, "cpu_bf16": "off"},
         "store": {"url": "sqlite:///qa.sqlite3"},
         "retrain": {"inbox": "inbox", "min_new_images": 3, "max_regression": 0.02, "steps": 2, "models_dir": "models",
                     "max_val_images": 4},
