@@ -7,6 +7,8 @@ is present, on the shipped model's masks of real photos.
 
 from __future__ import annotations
 
+import io
+import zlib
 from datetime import datetime
 
 import cv2
@@ -16,7 +18,8 @@ from PIL import Image
 
 from daemon.config import SeverityConfig
 from daemon.measure import crack_lines, measure
-from model.masks import COLOURS, at_size, mask_name, overlay, write_masks, write_overlay
+from model.errors import DataError
+from model.masks import COLOURS, at_size, mask_name, overlay, write_masks, write_overlay, write_png
 from model.postprocess import binary_mask, clean
 from tests.support.datasets import CRACKS, DRYWALL, need_shared
 from tests.support.photos import write_photo
@@ -148,7 +151,10 @@ def overlapping_masks(h: int = 240, w: int = 320) -> list[np.ndarray]:
 def test_the_overlay_is_the_float_blend_of_before_pixel_for_pixel():
     rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)
     crack, taping = overlapping_masks()
+    low = np.zeros_like(crack)
+    low[180:230, 20:30] = 255  # a narrow box low in the photo: its height and top, not its width, bound it
     for masks in ([crack, taping], [crack, np.zeros_like(taping)], [np.zeros_like(crack)] * 2, [taping],
+                  [low], [np.zeros_like(crack), low], [low, taping],
                   [crack, taping, crack[::-1].copy(), taping[:, ::-1].copy(), crack]):  # more masks than colours
         assert np.array_equal(overlay(rgb, masks), float_overlay(rgb, masks))
     assert np.array_equal(overlay(rgb, [crack > 0, taping > 0]), float_overlay(rgb, [crack, taping]))
@@ -170,6 +176,81 @@ def test_the_overlay_shows_cracks_red_and_taping_blue(tmp_path):
     assert r[crack_only].mean() > b[crack_only].mean() + 40  # tinted red
     assert b[taping_only].mean() > r[taping_only].mean() + 40  # tinted blue
     assert abs(jpeg[0:5, -5:].mean() - 128) < 3  # untouched elsewhere
+
+
+def png_row_filters(data: bytes) -> set[int]:
+    """The filter type of every row of an 8-bit single-channel PNG (0: none)."""
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        n, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IHDR":
+            width, height = (int.from_bytes(data[pos + k:pos + k + 4], "big") for k in (8, 12))
+        elif kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    return {raw[row * (width + 1)] for row in range(height)}
+
+
+def test_mask_files_are_unfiltered_run_length_pngs_smaller_than_libpngs_defaults(tmp_path):
+    # what makes masks cheap to write and small to keep (bench/finishing.py): no row filters, zlib's RLE
+    mask = synthetic_masks((896, 672))[1]
+    [path] = write_masks(tmp_path, "IMG_0001", ["segment crack"], [mask])
+    data = path.read_bytes()
+    assert png_row_filters(data) == {0}
+    ok, default = cv2.imencode(".png", mask)
+    assert ok and len(data) < len(default.tobytes()) * 0.75
+
+
+def test_a_prompt_without_its_mask_is_an_error_not_a_missing_file(tmp_path):
+    mask = synthetic_masks((64, 48))[1]
+    with pytest.raises(ValueError):
+        write_masks(tmp_path, "IMG_0001", ["segment crack", "segment taping area"], [mask])
+
+
+def test_pictures_other_than_masks_are_written_as_given_colour_and_16_bit_blank_ones_included(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    for name, image in (("rgb.png", rgb), ("black.png", np.zeros_like(rgb)),
+                        ("deep.png", np.zeros((48, 64), np.uint16)), ("blank.png", np.zeros((48, 64), np.uint8))):
+        write_png(tmp_path / name, image)
+        read = cv2.imread(str(tmp_path / name), cv2.IMREAD_UNCHANGED)
+        assert read.dtype == image.dtype and np.array_equal(read, image), name
+
+
+def test_an_image_that_cannot_be_encoded_is_one_error_naming_its_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(cv2, "imencode", lambda *args, **kwargs: (False, None))
+    mask = synthetic_masks((64, 48))[1]
+    with pytest.raises(DataError, match="IMG_0001__segment_crack.png: PNG encoding failed"):
+        write_masks(tmp_path, "IMG_0001", ["segment crack"], [mask])
+    with pytest.raises(OSError, match="o.jpg: JPEG encoding failed"):
+        write_overlay(tmp_path / "o.jpg", np.zeros((48, 64, 3), np.uint8), [mask])
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_overlay_within_max_side_draws_masks_given_at_the_photos_full_size(tmp_path, monkeypatch):
+    import model.masks
+    rgb = np.full((200, 300, 3), 128, np.uint8)
+    crack = np.zeros((200, 300), np.uint8)
+    crack[51:151, 31:131] = 255  # odd edges: halving them by interpolation would leave grey rows
+    drawn, real = [], model.masks.overlay
+    monkeypatch.setattr(model.masks, "overlay", lambda rgb, masks: drawn.append(masks) or real(rgb, masks))
+    path = write_overlay(tmp_path / "o.jpg", rgb, [crack, np.zeros_like(crack)], max_side=150)
+    [masks] = drawn
+    assert all(m.shape == (100, 150) and set(np.unique(m)) <= {0, 255} for m in masks)
+    jpeg = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert jpeg.shape == (100, 150, 3)
+    inside, outside = jpeg[30:70, 20:60], jpeg[85:, 80:]
+    assert inside[..., 0].mean() > inside[..., 2].mean() + 40  # tinted red where the crack is
+    assert abs(outside.mean() - 128) < 3
+
+
+def test_overlays_are_jpegs_at_quality_85(tmp_path):
+    # overlays are for looking at (the masks are the record): quality 85 keeps them a fraction of 95's size
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    path = write_overlay(tmp_path / "o.jpg", rgb, [synthetic_masks((64, 48))[1]])
+    ok, reference = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    with Image.open(path) as written, Image.open(io.BytesIO(reference.tobytes())) as at_85:
+        assert written.quantization == at_85.quantization
 
 
 def test_clean_up_labels_only_the_masks_box_and_keeps_the_same_components():

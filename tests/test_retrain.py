@@ -240,6 +240,31 @@ def test_a_candidate_that_a_task_could_not_be_scored_on_is_not_promoted():
     better_on_cracks = {"crack": {"candidate": 0.9, "active": 0.5}}
     ok, reason = gate(better_on_cracks, max_regression=0.02)
     assert ok is False and "taping could not be scored" in reason
+    ok, reason = gate(better_on_cracks, max_regression=0.02, tasks=("crack", "taping", "stains"))
+    assert ok is False and reason.startswith("taping and stains could not be scored")
+
+
+def test_a_refusal_for_want_of_gate_images_says_to_add_labeled_photos_to_the_inbox():
+    for scores, starts in (({}, "no task could be scored"),
+                           ({"crack": {"candidate": 0.9, "active": 0.5}}, "taping could not be scored")):
+        ok, reason = gate(scores, max_regression=0.02)
+        assert ok is False and reason.startswith(starts), reason
+        assert reason.endswith("add labeled photos to retrain.inbox") or reason.endswith(
+            "add labeled photos of it to retrain.inbox"), reason
+
+
+def test_a_drop_of_exactly_max_regression_is_allowed():
+    # binary fractions, so the drop is exactly 0.25 and not a rounding error either side of it
+    scores = {"crack": {"candidate": 0.5, "active": 0.75}, "taping": {"candidate": 0.75, "active": 0.75}}
+    assert gate(scores, max_regression=0.25)[0] is True
+    assert gate(scores, max_regression=0.125)[0] is False
+
+
+def test_a_refusal_names_the_task_with_the_largest_drop():
+    # "taping" sorts after "crack": only the size of the drop can make crack the one named
+    scores = {"crack": {"candidate": 0.2, "active": 0.5}, "taping": {"candidate": 0.6, "active": 0.7}}
+    ok, reason = gate(scores, max_regression=0.02)
+    assert ok is False and reason.startswith("crack mIoU would drop by 0.300"), reason
 
 
 def test_an_automatic_retrain_uses_the_daemons_store_without_showing_it_in_the_process_list(tmp_path, monkeypatch):

@@ -235,6 +235,66 @@ def test_predict_without_a_checkpoint_says_how_to_get_one(cli, write_config, tmp
 def test_mask_names_replace_spaces_and_unsafe_characters():
     assert mask_name("IMG_0001", "segment crack") == "IMG_0001__segment_crack.png"
     assert mask_name("a", "segment joint/tape") == "a__segment_joint-tape.png"
+    assert mask_name("IMG_0001", " Segment Crack ") == "IMG_0001__Segment_Crack.png"  # the user's capitals kept
+
+
+class LeftHalf:
+    """A stand-in model for the export loop: every photo's left half is the first prompt's, nothing else is."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def predict(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:
+        self.batches.append(len(images))
+        probs = [np.zeros((len(prompts), *rgb.shape[:2]), np.float32) for rgb in images]
+        for p in probs:
+            p[0, :, : p.shape[2] // 2] = 0.9
+        return probs
+
+    def mask(self, prob: np.ndarray, prompt: str) -> np.ndarray:
+        return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
+
+
+def test_predict_writes_every_readable_photos_masks_in_order_and_reports_the_unreadable_ones(tmp_path):
+    from model.masks import export_masks
+    from tests.support.photos import write_photo
+    photos = tmp_path / "photos"
+    bad = [photos / "bad-1.jpg", photos / "bad-2.jpg"]
+    for b in bad:
+        photos.mkdir(exist_ok=True)
+        b.write_bytes(b"not a photo")
+    good = [write_photo(photos / f"{n}.jpg", size) for n, size in (("a", (64, 48)), ("b", (40, 30)), ("c", (30, 40)))]
+    model, problems, prompts = LeftHalf(), [], ["segment crack", "segment taping area"]
+    out = tmp_path / "out" / "deep"
+    exported = list(export_masks(model, [*bad, *good], out, prompts, with_overlay=True, batch_size=2,
+                                 problems=problems))
+    assert problems == [f"{b}: not a readable image; skipped" for b in bad]
+    assert model.batches == [2, 1]  # a batch of unreadable files only is skipped, not sent to the model
+    assert [e.image for e in exported] == good
+    for e, photo in zip(exported, good, strict=True):
+        assert e.masks == [out / mask_name(photo.stem, p) for p in prompts]
+        assert e.overlay == out / f"{photo.stem}__overlay.jpg" and e.overlay.is_file()
+        w, h = Image.open(photo).size
+        crack, taping = (np.asarray(Image.open(m)) for m in e.masks)
+        assert crack.shape == taping.shape == (h, w)
+        assert crack[:, : w // 2].all() and not crack[:, w // 2:].any() and not taping.any()
+        assert e.mask_area == [(w // 2) / w, 0.0]
+    no_overlay = list(export_masks(model, good[:1], tmp_path / "plain", prompts[:1]))
+    assert no_overlay[0].overlay is None
+    assert [p.name for p in (tmp_path / "plain").iterdir()] == ["a__segment_crack.png"]
+
+
+def test_predict_takes_images_from_folders_at_any_depth_and_files_named_whatever_they_are(tmp_path):
+    from model.masks import find_images
+    folder = tmp_path / "site"
+    for name in ("b.jpg", "a.JPEG", "deep/er/c.PNG", ".hidden.jpg", "notes.txt", "deep/.d.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
+    named = tmp_path / "scan.dat"
+    named.write_bytes(b"x")
+    found, problems = find_images([folder, named, tmp_path / "nowhere"])
+    assert found == [folder / "a.JPEG", folder / "b.jpg", folder / "deep/er/c.PNG", named]
+    assert problems == [f"{tmp_path / 'nowhere'}: no such file or folder; skipped"]
 
 
 def test_iou_is_per_image_and_both_empty_scores_one():

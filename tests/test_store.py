@@ -33,10 +33,12 @@ def identified(path: Path, sha: str, site: str = "tower-a", mtime_ns: int = 1) -
                       width=640, height=480)
 
 
+MEASURES = {"area_px": 10, "area_pct": 1.0, "components": 1, "mean_confidence": 0.9}
+
+
 def result(tmp_path: Path) -> PhotoResult:
-    measures = {"area_px": 10, "area_pct": 1.0, "components": 1, "mean_confidence": 0.9}
     return PhotoResult(tmp_path, None, 12.0, [DetectionResult("crack", "segment crack", tmp_path / "m.png", 0.5,
-                                                              measures)])
+                                                              MEASURES)])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -294,3 +296,86 @@ def test_rollback_passes_over_a_version_rejected_since_it_was_promoted(store, tm
     assert store.models.active().name == "v1"
     store.models.reject(first)  # the version rolled back to fails too: back to the last good one, v3
     assert store.models.rollback().name == "v3"
+
+
+def rows_of(store: Store, photo_id: int) -> tuple:
+    """The photo's row, its job's row and its detections, as the store holds them."""
+    from sqlalchemy import select
+
+    from daemon.store.schema import Detection, Job, Photo
+    with store.reader() as s:
+        return (s.get(Photo, photo_id), s.scalar(select(Job).where(Job.photo_id == photo_id)),
+                list(s.scalars(select(Detection).where(Detection.photo_id == photo_id).order_by(Detection.id))))
+
+
+def test_completing_a_photo_records_its_results_on_it_and_leaves_every_other_photo_as_it_was(
+        store, tmp_path, monkeypatch):
+    from daemon.store import queue as queue_module
+    a = store.queue.add_photo(identified(tmp_path / "a.jpg", "a")).photo_id
+    b = store.queue.add_photo(identified(tmp_path / "b.jpg", "b")).photo_id
+    mv = store.models.register("tiny", tmp_path, "compact", "f" * 64, {})
+    job_a, job_b = store.queue.claim(8, "test")
+    store.queue.retry_later(job_a, "a passing fault", delay_s=0)  # its job carries an error until it is done
+    now = datetime(2030, 5, 6, 7, 8, 9)
+    monkeypatch.setattr(queue_module, "utcnow", lambda: now)
+    [job_a] = store.queue.claim(8, "test")
+    b_result = PhotoResult(tmp_path / "out-b", None, 7.0, [DetectionResult(
+        "taping", "segment taping area", tmp_path / "out-b" / "b.png", 0.4, MEASURES)])
+    store.queue.complete([(job_b, b_result)], mv)
+    a_result = PhotoResult(tmp_path / "out-a", tmp_path / "out-a" / "a__overlay.jpg", 12.5, [
+        DetectionResult("crack", "segment crack", tmp_path / "out-a" / "a__segment_crack.png", 0.55, MEASURES),
+        DetectionResult("taping", "segment taping area", tmp_path / "out-a" / "a__segment_taping_area.png", 0.45,
+                        MEASURES)])
+    store.queue.complete([(job_a, a_result)], mv)
+    store.queue.complete([(job_a, a_result)], mv)  # made again (a scrub): its detections replaced, not added
+
+    photo, job, detections = rows_of(store, a)
+    assert (photo.processed_at, photo.processing_ms, photo.model_version_id) == (now, 12.5, mv)
+    assert (photo.output_dir, photo.overlay_path) == (str(tmp_path / "out-a"), str(a_result.overlay_path))
+    assert (job.status, job.last_error, job.updated_at) == ("done", None, now)
+    assert [(d.task, d.prompt, d.mask_path, d.threshold, d.model_version_id) for d in detections] == [
+        ("crack", "segment crack", str(a_result.detections[0].mask_path), 0.55, mv),
+        ("taping", "segment taping area", str(a_result.detections[1].mask_path), 0.45, mv)]
+    photo, job, detections = rows_of(store, b)
+    assert (photo.processing_ms, photo.output_dir, photo.overlay_path) == (7.0, str(tmp_path / "out-b"), None)
+    assert job.status == "done" and [d.mask_path for d in detections] == [str(tmp_path / "out-b" / "b.png")]
+
+
+def test_a_job_retried_with_no_delay_is_due_at_once(store, tmp_path, monkeypatch):
+    from daemon.store import queue as queue_module
+    now = datetime(2030, 5, 6, 7, 8, 9)
+    monkeypatch.setattr(queue_module, "utcnow", lambda: now)  # the clock stands still: due at exactly now
+    store.queue.add_photo(identified(tmp_path / "a.jpg", "a"))
+    [job] = store.queue.claim(8, "test")
+    store.queue.retry_later(job, "a passing fault", delay_s=0)
+    assert [j.job_id for j in store.queue.claim(8, "test")] == [job.job_id]
+
+
+def test_jobs_are_claimed_in_the_order_their_photos_arrived_a_retried_one_included(store, tmp_path):
+    ids = [store.queue.add_photo(identified(tmp_path / f"{n}.jpg", n)).photo_id for n in "abc"]
+    [first] = store.queue.claim(1, "test")
+    store.queue.retry_later(first, "a passing fault", delay_s=0)  # rewritten last (PostgreSQL: at the heap's end)
+    assert [j.photo_id for j in store.queue.claim(8, "test")] == ids
+
+
+def test_a_daemon_claims_past_the_rows_another_daemon_holds_without_waiting(pg_database, tmp_path):
+    """On a shared server a job another daemon is claiming is skipped, not waited for; and a photo row
+    locked by another writer (a file moving) does not hide its job."""
+    import sqlalchemy as sa
+    store = Store.open(pg_database)
+    a, b, c = (store.queue.add_photo(identified(tmp_path / f"{n}.jpg", n)).photo_id for n in "abc")
+    other = sa.create_engine(pg_database)
+    claimed: list[int] = []
+    with other.connect() as conn:
+        conn.exec_driver_sql(f"SELECT id FROM jobs WHERE photo_id = {a} FOR UPDATE")
+        conn.exec_driver_sql(f"SELECT id FROM photos WHERE id = {b} FOR UPDATE")
+        worker = threading.Thread(target=lambda: claimed.extend(j.photo_id for j in store.queue.claim(8, "test")))
+        worker.start()
+        worker.join(timeout=20)
+        waited = worker.is_alive()
+        conn.rollback()  # lets a waiting claim finish
+    worker.join()
+    other.dispose()
+    store.close()
+    assert not waited, "the claim waited for another daemon's locks"
+    assert claimed == [b, c]
