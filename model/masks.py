@@ -169,8 +169,8 @@ class Exported:
     mask_area: list[float]  # share of the image in each prompt's mask
 
 
-def export_masks(model: Segmenter, images: list[Path], out: Path, prompts: list[str], with_overlay: bool = False,
-                 batch_size: int = 4, problems: list[str] | None = None) -> Iterator[Exported]:
+def export_masks(model: Segmenter, images: list[Path], out: Path, prompts: list[str], *, batch_size: int,
+                 with_overlay: bool = False, problems: list[str] | None = None) -> Iterator[Exported]:
     """Segment each image under every prompt (one image encoding each) and write mask PNGs.
 
     Unreadable files are appended to `problems` and skipped.

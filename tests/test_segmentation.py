@@ -241,8 +241,8 @@ def test_mask_names_replace_spaces_and_unsafe_characters():
 class LeftHalf:
     """A stand-in model for the export loop: every photo's left half is the first prompt's, nothing else is."""
 
-    def __init__(self):
-        self.batches: list[int] = []
+    def __init__(self, thresholds: dict[str, float]):
+        self.thresholds, self.batches = thresholds, []
 
     def predict(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:
         self.batches.append(len(images))
@@ -252,7 +252,7 @@ class LeftHalf:
         return probs
 
     def mask(self, prob: np.ndarray, prompt: str) -> np.ndarray:
-        return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
+        return np.where(prob > self.thresholds[prompt], np.uint8(255), np.uint8(0))
 
 
 def test_predict_writes_every_readable_photos_masks_in_order_and_reports_the_unreadable_ones(tmp_path):
@@ -264,7 +264,8 @@ def test_predict_writes_every_readable_photos_masks_in_order_and_reports_the_unr
         photos.mkdir(exist_ok=True)
         b.write_bytes(b"not a photo")
     good = [write_photo(photos / f"{n}.jpg", size) for n, size in (("a", (64, 48)), ("b", (40, 30)), ("c", (30, 40)))]
-    model, problems, prompts = LeftHalf(), [], ["segment crack", "segment taping area"]
+    prompts = ["segment crack", "segment taping area"]
+    model, problems = LeftHalf(dict.fromkeys(prompts, 0.5)), []
     out = tmp_path / "out" / "deep"
     exported = list(export_masks(model, [*bad, *good], out, prompts, with_overlay=True, batch_size=2,
                                  problems=problems))
@@ -279,9 +280,22 @@ def test_predict_writes_every_readable_photos_masks_in_order_and_reports_the_unr
         assert crack.shape == taping.shape == (h, w)
         assert crack[:, : w // 2].all() and not crack[:, w // 2:].any() and not taping.any()
         assert e.mask_area == [(w // 2) / w, 0.0]
-    no_overlay = list(export_masks(model, good[:1], tmp_path / "plain", prompts[:1]))
-    assert no_overlay[0].overlay is None
-    assert [p.name for p in (tmp_path / "plain").iterdir()] == ["a__segment_crack.png"]
+    # again into the same folder, without an overlay, and with nobody collecting the problems
+    plain = list(export_masks(model, [bad[0], good[0]], out, prompts[:1], batch_size=4))
+    assert [(e.image, e.overlay) for e in plain] == [(good[0], None)]
+
+
+def test_a_model_that_returns_fewer_maps_than_photos_is_an_error_not_missing_masks(tmp_path):
+    from model.masks import export_masks
+    from tests.support.photos import write_photo
+
+    class Short(LeftHalf):
+        def predict(self, images, prompts):
+            return super().predict(images, prompts)[:-1]
+
+    good = [write_photo(tmp_path / f"{n}.jpg") for n in "ab"]
+    with pytest.raises(ValueError):
+        list(export_masks(Short({"segment crack": 0.5}), good, tmp_path / "out", ["segment crack"], batch_size=2))
 
 
 def test_predict_takes_images_from_folders_at_any_depth_and_files_named_whatever_they_are(tmp_path):
@@ -292,8 +306,8 @@ def test_predict_takes_images_from_folders_at_any_depth_and_files_named_whatever
         (folder / name).write_bytes(b"x")
     named = tmp_path / "scan.dat"
     named.write_bytes(b"x")
-    found, problems = find_images([folder, named, tmp_path / "nowhere"])
-    assert found == [folder / "a.JPEG", folder / "b.jpg", folder / "deep/er/c.PNG", named]
+    found, problems = find_images([named, folder, tmp_path / "nowhere"])
+    assert found == [named, folder / "a.JPEG", folder / "b.jpg", folder / "deep/er/c.PNG"]
     assert problems == [f"{tmp_path / 'nowhere'}: no such file or folder; skipped"]
 
 

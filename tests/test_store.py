@@ -315,10 +315,13 @@ def test_completing_a_photo_records_its_results_on_it_and_leaves_every_other_pho
     b = store.queue.add_photo(identified(tmp_path / "b.jpg", "b")).photo_id
     mv = store.models.register("tiny", tmp_path, "compact", "f" * 64, {})
     job_a, job_b = store.queue.claim(8, "test")
+    assert (job_b.photo_id, job_b.path, job_b.site, job_b.location, job_b.width, job_b.height) == (
+        b, tmp_path / "b.jpg", "tower-a", "L3", 640, 480)
     store.queue.retry_later(job_a, "a passing fault", delay_s=0)  # its job carries an error until it is done
-    now = datetime(2030, 5, 6, 7, 8, 9)
-    monkeypatch.setattr(queue_module, "utcnow", lambda: now)
+    clock = [datetime(2030, 5, 6, 7, 8, 9)]
+    monkeypatch.setattr(queue_module, "utcnow", lambda: clock[0])
     [job_a] = store.queue.claim(8, "test")
+    now = clock[0] = datetime(2030, 5, 6, 7, 9, 0)  # completed a while after it was claimed
     b_result = PhotoResult(tmp_path / "out-b", None, 7.0, [DetectionResult(
         "taping", "segment taping area", tmp_path / "out-b" / "b.png", 0.4, MEASURES)])
     store.queue.complete([(job_b, b_result)], mv)

@@ -41,8 +41,9 @@ def predict(
                                config.model.compiled_cache)
     teach(model, resolved)  # a paraphrase runs as its task's canonical prompt, masks keep its words
     written = 0
-    for _ in track(export_masks(model, images, out_dir, prompts, overlay, config.model.batch_size, problems),
-                   description="predicting", total=len(images), console=err):
+    exported = export_masks(model, images, out_dir, prompts, batch_size=config.model.batch_size,
+                            with_overlay=overlay, problems=problems)
+    for _ in track(exported, description="predicting", total=len(images), console=err):
         written += 1
     for p in problems:
         err.print(f"warning: {p}", highlight=False, markup=False)
