@@ -158,10 +158,11 @@ def test_the_overlay_is_the_float_blend_of_before_pixel_for_pixel():
                   [crack, taping, crack[::-1].copy(), taping[:, ::-1].copy(), crack]):  # more masks than colours
         assert np.array_equal(overlay(rgb, masks), float_overlay(rgb, masks))
     assert np.array_equal(overlay(rgb, [crack > 0, taping > 0]), float_overlay(rgb, [crack, taping]))
-    # a 12-megapixel-like side draws thicker outlines, and a mask of several parts outlines each
-    big = cv2.resize(rgb, (1000, 750), interpolation=cv2.INTER_NEAREST)
-    parts = np.zeros((750, 1000), np.uint8)
-    parts[100:300, 50:400] = parts[500:700, 600:950] = 255
+    # a larger photo draws thicker outlines (750 px: 2 px, about one per 500), and a mask of several parts
+    # outlines each
+    big = cv2.resize(rgb, (750, 560), interpolation=cv2.INTER_NEAREST)
+    parts = np.zeros((560, 750), np.uint8)
+    parts[50:200, 50:300] = parts[300:500, 400:700] = 255
     assert np.array_equal(overlay(big, [parts]), float_overlay(big, [parts]))
 
 

@@ -30,7 +30,7 @@ from model.errors import QAError
 
 app = typer.Typer(
     help="Drywall QA by prompted segmentation: crack and taping-area masks from site photos.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
