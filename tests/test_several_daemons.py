@@ -4,7 +4,9 @@ the work is shared."""
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
+import time
 from collections import Counter
 
 import pytest
@@ -76,3 +78,61 @@ def run_both(daemons: list[DaemonProcess], tmp_path, hold_claims) -> None:
     assert workers == [(2,)], "the store records both daemons as workers"
     for d in daemons:
         assert PASSWORD not in d.log_text()
+
+
+def test_a_killed_daemon_shows_in_status_until_its_heartbeats_stop_and_another_takes_over_its_photos(
+        tmp_path, pg_database, tiny_checkpoint, cli):
+    """On PostgreSQL there is no lock file: `status` knows a daemon runs from its heartbeats, so a killed one
+    shows as running until it has been silent for `stale_after` (30 s); the photos it held `running` are
+    then taken by the next daemon to start, each processed and logged once."""
+    import json
+
+    from tests.support.hooks import HOLD_BATCH
+    from tests.support.photos import write_photo
+
+    settings = {"model": {"checkpoint": str(tiny_checkpoint), "device": "cpu", "batch_size": 4},
+                "watch": {"roots": [str(tmp_path / "in")], "settle_s": 0.5, "heartbeat_s": 1},
+                "store": {"url": pg_database}}
+    homes = [tmp_path / "a", tmp_path / "b"]
+    for home in homes:
+        home.mkdir()
+    config = write_daemon_config(homes[0], settings)
+
+    def running() -> bool:
+        result = cli("--config", config, "status", "--json")
+        assert result.code == 0, result.stderr
+        return json.loads(result.stdout)["running"]
+
+    with DaemonProcess(homes[0], config, server_url=pg_database) as first, \
+            DaemonProcess(homes[1], write_daemon_config(homes[1], settings), server_url=pg_database) as second:
+        install(first, HOLD_CLAIMS, HOLD_BATCH)
+        (homes[0] / "hold-claims").touch()  # the photos queue up, then the first daemon claims them all
+        (homes[0] / "hold").touch()  # and keeps them in hand
+        first.start(wait=True)
+        assert running()
+        for n in range(3):
+            write_photo(tmp_path / "in" / "tower-a" / "L1" / f"p{n}.jpg")
+        first.wait_for("3 photos queued", lambda: first.count("SELECT count(*) FROM jobs") == 3)
+        (homes[0] / "hold-claims").unlink()
+        first.wait_for("3 photos in hand", lambda: first.count("SELECT count(*) FROM jobs WHERE status = 'running'")
+                       == 3)
+        first.kill()
+        killed = time.monotonic()
+        assert running(), "status forgot a daemon whose last heartbeat is a second old"
+        deadline = killed + 60
+        while running():
+            assert time.monotonic() < deadline, "status still shows a daemon silent for a minute"
+            time.sleep(0.5)
+        assert time.monotonic() - killed > 25  # not before it had been silent for about stale_after (30 s)
+
+        second.start(wait=True)
+        second.wait_for("the 3 photos done", lambda: second.done() == 3)
+        # by its take-over thread or by its start-up recovery, whichever comes first
+        assert re.search(r"3 photos (in hand of a daemon silent for 30 s|left in progress by an earlier run) are "
+                         "queued again", second.log_text())
+        assert running()
+        assert second.terminate() == 0
+        assert not running(), "a daemon that stopped cleanly still shows as running"
+    commits = second.commits()
+    assert len(commits) == 3 and set(commits.values()) == {1}
+    assert not first.commits()
