@@ -84,3 +84,26 @@ def test_the_daemon_opens_a_store_on_a_network_filesystem_when_the_config_allows
     on_filesystem(NFS)
     with pytest.raises(StoreOpened):
         cli("--config", daemon_config(allow_network_fs=True), "run", "--watch", tmp_path)
+
+
+@pytest.mark.parametrize("command", [["status"], ["history"], ["report"], ["scrub"], ["model", "list"]])
+def test_every_command_that_opens_the_store_refuses_it_on_a_network_filesystem_as_the_daemon_does(
+        cli, write_config, on_filesystem, tmp_path, command):
+    db = tmp_path / "qa.sqlite3"
+    Store.open(f"sqlite:///{db}").close()  # made on a local disk, then the share "mounted" under it
+    on_filesystem(NFS)
+    result = cli("--config", write_config({"store": {"url": f"sqlite:///{db}"}}), *command)
+    assert result.code == 2, result.stdout
+    assert f"{db} is on a network filesystem (NFS)" in result.stderr and "Traceback" not in result.stderr
+    allowed = write_config({"store": {"url": f"sqlite:///{db}", "allow_network_fs": True}})
+    assert cli("--config", allowed, *command).code == 0
+
+
+def test_backup_copies_a_store_off_a_network_filesystem(cli, write_config, on_filesystem, tmp_path):
+    db = tmp_path / "qa.sqlite3"
+    Store.open(f"sqlite:///{db}").close()
+    on_filesystem(NFS)
+    result = cli("--config", write_config({"store": {"url": f"sqlite:///{db}"}}), "backup", "--out",
+                 tmp_path / "copy.sqlite3")
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "copy.sqlite3").is_file()

@@ -48,11 +48,14 @@ def config_of(ctx: typer.Context, store: str | None = None) -> Config:
 @contextmanager
 def open_store(config: Config, create: bool = False) -> Iterator[Store]:
     """The config's results store, closed when the block ends. Without `create` it must exist already: a
-    command that reads the store says how to start instead of creating an empty one."""
+    command that reads the store says how to start instead of creating an empty one. A SQLite store on a
+    network filesystem is refused as the daemon refuses it (`store.allow_network_fs`): a command writing
+    beside a daemon, or reading a WAL file whose shared memory cannot be shared, is as unsafe there."""
     from daemon.store import Store  # SQLAlchemy: not for `--help`
 
     s = config.store
-    st = Store.open(s.url, synchronous=s.synchronous) if create else Store.open_existing(s.url, s.synchronous)
+    st = (Store.open(s.url, synchronous=s.synchronous, allow_network_fs=s.allow_network_fs) if create else
+          Store.open_existing(s.url, s.synchronous, allow_network_fs=s.allow_network_fs))
     try:
         yield st
     finally:

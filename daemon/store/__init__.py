@@ -59,8 +59,8 @@ class Store:
         """The store at `url`, migrated to the newest schema unless `migrate_schema` is False.
 
         SQLite only: `synchronous` is its PRAGMA synchronous on every connection (config
-        `store.synchronous`); with `allow_network_fs` False (what the daemon passes unless config
-        `store.allow_network_fs` is set) a store whose folder is on a network filesystem is refused."""
+        `store.synchronous`); with `allow_network_fs` False (what the daemon and the commands pass unless
+        config `store.allow_network_fs` is set) a store whose folder is on a network filesystem is refused."""
         path = sqlite_path(url)
         if path is not None and not allow_network_fs and (fs := network_fs(path.parent)):
             raise StoreError(f"store.url: {path} is on a network filesystem ({fs}), where SQLite's locking is "
@@ -78,13 +78,13 @@ class Store:
         return cls(engine)
 
     @classmethod
-    def open_existing(cls, url: str, synchronous: str = "full") -> Store:
+    def open_existing(cls, url: str, synchronous: str = "full", allow_network_fs: bool = True) -> Store:
         """A store for reading (status, reports, history); a clear error when none was written yet."""
         path = sqlite_path(url)
         if path is not None and not path.exists():
             raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
                              "start the daemon with `qa-daemon run`, or pass --store")
-        return cls.open(url, migrate_schema=False, synchronous=synchronous)
+        return cls.open(url, migrate_schema=False, synchronous=synchronous, allow_network_fs=allow_network_fs)
 
     def close(self) -> None:
         self.engine.dispose()
