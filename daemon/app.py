@@ -208,8 +208,7 @@ class App:
                               "create the folder, fix the path, or pass --watch DIR")
         card = read_card(config.model.checkpoint)  # a missing checkpoint stops the start before anything runs
         self.lock.acquire()
-        self.store = Store.open(config.store.url, synchronous=config.store.synchronous,
-                                allow_network_fs=config.store.allow_network_fs)
+        self.store = Store.from_config(config.store)
         self.store.runs.beat(self.worker)
         if self.exclusive:
             self.store.runs.leave_others(self.worker)

@@ -24,7 +24,7 @@ def stale_after(config: Config) -> float:
 
 def status(config: Config) -> dict[str, Any]:
     """The daemon's state as `qa-daemon status --json` prints it."""
-    store = Store.open_existing(config.store.url, allow_network_fs=config.store.allow_network_fs)
+    store = Store.from_config(config.store, create=False)
     try:
         counts = store.queue.counts(today_start_utc())
         failures = [{"at": f.at.isoformat(timespec="seconds"), "path": f.path, "stage": f.stage, "error": f.error,

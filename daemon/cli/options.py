@@ -53,9 +53,7 @@ def open_store(config: Config, create: bool = False) -> Iterator[Store]:
     beside a daemon, or reading a WAL file whose shared memory cannot be shared, is as unsafe there."""
     from daemon.store import Store  # SQLAlchemy: not for `--help`
 
-    s = config.store
-    st = (Store.open(s.url, synchronous=s.synchronous, allow_network_fs=s.allow_network_fs) if create else
-          Store.open_existing(s.url, s.synchronous, allow_network_fs=s.allow_network_fs))
+    st = Store.from_config(config.store, create=create)
     try:
         yield st
     finally:

@@ -12,6 +12,8 @@ mode, so readers (status, reports, history) never block the daemon's writes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
@@ -36,6 +38,9 @@ from daemon.store.schema import (
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from daemon.config_sections import StoreConfig
+
 __all__ = ["Added", "Base", "Claimed", "Detection", "DetectionResult", "Failure", "FailureStage", "Identified",
            "Job", "JobStatus", "ModelStatus", "ModelVersion", "Photo", "PhotoResult", "RetrainStatus", "Store",
            "StoreError", "StoreLock", "redact", "sqlite_path", "utcnow", "worker_name"]
@@ -55,12 +60,12 @@ class Store:
 
     @classmethod
     def open(cls, url: str, migrate_schema: bool = True, synchronous: str = "full",
-             allow_network_fs: bool = True) -> Store:
+             allow_network_fs: bool = False) -> Store:
         """The store at `url`, migrated to the newest schema unless `migrate_schema` is False.
 
         SQLite only: `synchronous` is its PRAGMA synchronous on every connection (config
-        `store.synchronous`); with `allow_network_fs` False (what the daemon and the commands pass unless
-        config `store.allow_network_fs` is set) a store whose folder is on a network filesystem is refused."""
+        `store.synchronous`); unless `allow_network_fs` (config `store.allow_network_fs`), a store whose folder
+        is on a network filesystem is refused. `from_config` opens the store a config names."""
         path = sqlite_path(url)
         if path is not None and not allow_network_fs and (fs := network_fs(path.parent)):
             raise StoreError(f"store.url: {path} is on a network filesystem ({fs}), where SQLite's locking is "
@@ -78,13 +83,21 @@ class Store:
         return cls(engine)
 
     @classmethod
-    def open_existing(cls, url: str, synchronous: str = "full", allow_network_fs: bool = True) -> Store:
+    def open_existing(cls, url: str, synchronous: str = "full", allow_network_fs: bool = False) -> Store:
         """A store for reading (status, reports, history); a clear error when none was written yet."""
         path = sqlite_path(url)
         if path is not None and not path.exists():
             raise StoreError(f"store.url: {path} does not exist yet, so nothing was processed with this config; "
                              "start the daemon with `qa-daemon run`, or pass --store")
         return cls.open(url, migrate_schema=False, synchronous=synchronous, allow_network_fs=allow_network_fs)
+
+    @classmethod
+    def from_config(cls, config: StoreConfig, create: bool = True) -> Store:
+        """The store config `store:` names, with its SQLite level and network-filesystem rule; without
+        `create` it must exist already (what status, reports and history read)."""
+        if create:
+            return cls.open(config.url, synchronous=config.synchronous, allow_network_fs=config.allow_network_fs)
+        return cls.open_existing(config.url, config.synchronous, allow_network_fs=config.allow_network_fs)
 
     def close(self) -> None:
         self.engine.dispose()
