@@ -42,6 +42,16 @@ def test_store_allow_network_fs_opens_a_store_on_a_network_filesystem(tmp_path, 
     Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}", allow_network_fs=True).close()
 
 
+def test_a_store_opened_without_a_word_on_the_filesystem_is_refused_on_a_network_one(tmp_path, on_filesystem):
+    """Safe by default: code that opens a store by URL alone (a bench, a script) gets the same refusal."""
+    on_filesystem(NFS)
+    db = tmp_path / "qa.sqlite3"
+    for opening in (lambda: Store.open(f"sqlite:///{db}"), lambda: Store.open_existing(f"sqlite:///{db}")):
+        db.touch()  # open_existing wants a file; the refusal must come before SQLite reads it
+        with pytest.raises(StoreError, match="network filesystem"):
+            opening()
+
+
 def test_a_store_on_a_local_disk_opens(tmp_path, on_filesystem):
     on_filesystem(EXT4)
     Store.open(f"sqlite:///{tmp_path / 'qa.sqlite3'}", allow_network_fs=False).close()
